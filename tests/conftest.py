@@ -1,0 +1,25 @@
+"""Shared fixtures. Pulumi programs run under the mock runtime (tools.mock_runtime); one run per stack per session."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from tools.mock_runtime import ProgramRun, run_program
+
+
+@functools.lru_cache(maxsize=None)
+def program_run(stack: str) -> ProgramRun:
+    """The real program for `stack`, run once under mocks and cached for the session."""
+    return run_program(stack)
+
+
+@pytest.fixture(params=["aws-dev", "aws-prod"])
+def aws_run(request) -> ProgramRun:
+    return program_run(request.param)
+
+
+@pytest.fixture(params=["gcp-dev", "gcp-prod"])
+def gcp_run(request) -> ProgramRun:
+    return program_run(request.param)
