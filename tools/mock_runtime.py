@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import runpy
 import sys
 from dataclasses import dataclass, field
@@ -51,17 +52,17 @@ class RecordedResource:
         }
 
 
-def available_stacks() -> list[str]:
-    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
+def available_stacks(stacks_dir: Path = STACKS_DIR) -> list[str]:
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in stacks_dir.glob("Pulumi.*.yaml"))
 
 
-def read_stack_config(stack: str) -> dict[str, str]:
+def read_stack_config(stack: str, stacks_dir: Path = STACKS_DIR) -> dict[str, str]:
     """The stack file's config as Pulumi hands it to a program: full keys, JSON text for structured values."""
-    path = STACKS_DIR / f"Pulumi.{stack}.yaml"
-    if not path.is_file():
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", stack) or not path.is_file():
         raise StackNotFound(
-            f"no stack {stack!r}: stacks/Pulumi.{stack}.yaml does not exist; "
-            f"known stacks: {', '.join(available_stacks()) or 'none'}"
+            f"no stack {stack!r}: {path} does not exist; "
+            f"known stacks: {', '.join(available_stacks(stacks_dir)) or 'none'}"
         )
     doc = yaml.safe_load(path.read_text()) or {}
     config = doc.get("config") or {}
@@ -254,7 +255,7 @@ class ProgramRun:
         return found[0]
 
 
-def run_program(stack: str, program: Path | None = None) -> ProgramRun:
+def run_program(stack: str, program: Path | None = None, stacks_dir: Path = STACKS_DIR) -> ProgramRun:
     """Run `__main__.py` (or `program`) for `stack` under mocks; return every resource it registered.
 
     Raises StackNotFound for an unknown stack and components.config.ConfigError for bad config.
@@ -264,7 +265,7 @@ def run_program(stack: str, program: Path | None = None) -> ProgramRun:
     from pulumi.runtime import settings
     from pulumi.runtime.stack import run_pulumi_func
 
-    config = read_stack_config(stack)
+    config = read_stack_config(stack, stacks_dir)
     recorded: list[RecordedResource] = []
     mocks = _RecordingMocks()
     # One fresh event loop per run: the root Stack that set_mocks creates binds its futures to it.
