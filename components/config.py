@@ -45,7 +45,9 @@ class ConfigError(ValueError):
 
 class _Model(BaseModel):
     # camelCase keys in YAML, snake_case in Python; unknown keys are typos and rejected.
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
 
 
 def _duration_seconds(value: str) -> int:
@@ -60,11 +62,17 @@ class PoolConfig(_Model):
     """A node pool. `instanceTypes` are EC2 instance types on AWS, machine types on GCP."""
 
     instance_types: list[str] | None = None
+    """EC2 instance types (AWS) or machine types (GCP); unset means the cloud default for the pool."""
     min_size: int = Field(default=1, ge=0)
+    """Fewest nodes. The system pool needs 1 or more; the task pool must be 0."""
     max_size: int = Field(default=3, ge=0)
+    """Most nodes the autoscaler may add."""
     spot: bool = False
+    """Spot (AWS) / Spot VMs (GCP): cheaper, can be reclaimed; fine for retryable tasks."""
     disk_size_gb: int = Field(default=50, ge=20, le=16000)
+    """Node boot disk size in GiB."""
     arm: bool = False
+    """ARM nodes (Graviton AMI on AWS); your task images must be multi-arch."""
 
     @field_validator("instance_types")
     @classmethod
@@ -88,16 +96,25 @@ class PoolConfig(_Model):
 
 class AwsConfig(_Model):
     region: str
+    """AWS region, e.g. eu-west-1."""
     availability_zones: int = Field(default=3, ge=2, le=6)
+    """How many AZs get a public and a private subnet (2 or more)."""
     vpc_cidr: str = "10.40.0.0/16"
+    """The VPC range; subnets are carved from it (a /20 or larger)."""
     service_cidr: str = "172.20.0.0/16"
+    """Kubernetes service IPs; must not overlap the VPC."""
     # One NAT gateway per AZ survives an AZ outage; one shared NAT is cheaper for dev.
     nat_gateway_per_az: bool = True
+    """One NAT gateway per AZ (survives an AZ outage) or one shared NAT (cheaper, for dev)."""
     public_endpoint: bool = True
+    """Whether the EKS API endpoint is reachable from the internet (private access is always on)."""
     public_access_cidrs: list[str] = ["0.0.0.0/0"]
+    """Who may reach the public API endpoint."""
     # Extra IAM principals (role ARNs) given cluster-admin through EKS access entries.
     admin_role_arns: list[str] = []
+    """IAM role ARNs given cluster-admin through EKS access entries."""
     control_plane_log_types: list[str] = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+    """EKS control-plane logs sent to CloudWatch."""
 
     @field_validator("region")
     @classmethod
@@ -118,17 +135,28 @@ class AwsConfig(_Model):
 
 class GcpConfig(_Model):
     project: str
+    """Google Cloud project ID."""
     region: str
+    """Region of the regional cluster, e.g. europe-west1."""
     # Zones for the node pools; empty means all zones of the region (GKE's default for regional clusters).
     node_zones: list[str] = []
+    """Zones for the node pools; empty means every zone of the region."""
     subnet_cidr: str = "10.50.0.0/20"
+    """Primary range of the node subnet."""
     pods_cidr: str = "10.64.0.0/14"
+    """Secondary range for pod IPs (VPC-native)."""
     services_cidr: str = "10.68.0.0/20"
+    """Secondary range for service IPs."""
     private_nodes: bool = True
+    """Nodes without public IPs (egress through Cloud NAT)."""
     master_cidr: str = "172.16.0.0/28"
+    """The control plane's /28 when nodes are private."""
     master_authorized_cidrs: list[str] = ["0.0.0.0/0"]
+    """Who may reach the GKE API endpoint."""
     release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = "REGULAR"
+    """GKE release channel."""
     autoscaling_profile: Literal["OPTIMIZE_UTILIZATION", "BALANCED"] = "OPTIMIZE_UTILIZATION"
+    """GKE cluster autoscaler profile; OPTIMIZE_UTILIZATION removes idle nodes sooner."""
 
     @field_validator("project")
     @classmethod
@@ -157,15 +185,20 @@ class LocalConfig(_Model):
 
     # Empty means the kubeconfig's current context.
     context: str = ""
+    """kubeconfig context to deploy to; empty means the current context."""
     kubeconfig_path: str = ""
+    """kubeconfig file; empty means the default (~/.kube/config or $KUBECONFIG)."""
 
 
 class ClusterAutoscalerConfig(_Model):
     """Node scale-down timing. The stock 10 minutes keeps an idle task node billed for 10 minutes after its last task."""
 
     scale_down_unneeded_time: str = "3m"
+    """How long a task node must be idle before the Cluster Autoscaler removes it (stock: 10m)."""
     scale_down_delay_after_add: str = "3m"
+    """Pause after a scale-up before scale-down is considered again (stock: 10m)."""
     expander: Literal["least-waste", "random", "most-pods", "priority", "price"] = "least-waste"
+    """Which node group the Cluster Autoscaler grows when several fit."""
 
     @field_validator("scale_down_unneeded_time", "scale_down_delay_after_add")
     @classmethod
@@ -178,12 +211,16 @@ class AddonsConfig(_Model):
     # "auto": installed where the cloud does not ship one (EKS, local); GKE runs a managed metrics-server
     # and a second one would fight its addon manager.
     metrics_server: Literal["auto", "install", "skip"] = "auto"
+    """`auto` installs it except on GKE, which runs a managed one."""
 
 
 class GitSyncConfig(_Model):
     repo: str = ""
+    """Git repository with the DAGs; empty ships the example DAGs of this repository."""
     branch: str = "main"
+    """Branch git-sync follows."""
     sub_path: str = "dags"
+    """Folder of the repository that holds the DAGs."""
 
     @field_validator("repo")
     @classmethod
@@ -195,14 +232,19 @@ class GitSyncConfig(_Model):
 
 class AirflowConfig(_Model):
     namespace: str = "airflow"
+    """Namespace of the Airflow release."""
     # Namespace where KubernetesPodOperator pods run (and the only one workers may create pods in).
     task_namespace: str = "airflow-tasks"
+    """Namespace where KubernetesPodOperator pods run (the only one workers may create pods in)."""
     worker_concurrency: int = Field(default=2, ge=1, le=256)
+    """Celery worker concurrency: task slots per worker pod."""
     # "bundled": the chart's Postgres (dev); "managed": RDS / Cloud SQL behind PgBouncer (prod).
     database: Literal["bundled", "managed"] = "bundled"
+    """`bundled`: the chart's Postgres (dev); `managed`: RDS / Cloud SQL behind PgBouncer (prod)."""
     git_sync: GitSyncConfig = GitSyncConfig()
     # The UI stays on a ClusterIP service unless this is set.
     expose_ui: bool = False
+    """Expose the Airflow UI through a LoadBalancer; by default it stays on a ClusterIP service."""
 
     @field_validator("namespace", "task_namespace")
     @classmethod
@@ -222,9 +264,13 @@ class ScalingConfig(_Model):
     """How the Celery workers scale: task-aware (default), keda (the chart's ScaledObject) or hpa (CPU)."""
 
     mode: Literal["task-aware", "keda", "hpa"] = "task-aware"
+    """How Celery workers scale: `task-aware` (default), `keda` (SQL trigger) or `hpa` (CPU, a baseline)."""
     min_workers: int = Field(default=1, ge=0)
+    """Fewest Celery workers (0 allowed except with hpa)."""
     max_workers: int = Field(default=10, ge=1)
+    """Most Celery workers."""
     target_load_factor: float = Field(default=1.0, gt=0, le=1.0)
+    """Share of task slots to fill: workers = ceil(tasks / (concurrency x factor))."""
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingConfig:
@@ -248,20 +294,34 @@ class StackConfig(_Model):
     """Everything one stack sets. Field names are the config keys in camelCase."""
 
     cloud: Cloud
+    """`aws` (EKS), `gcp` (GKE) or `local` (an existing kubeconfig context)."""
     cluster_name: str = "airflow"
+    """Name of the cluster and prefix of its resources."""
     kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
+    """Kubernetes minor version; must be one the cloud offers."""
     # Prod stacks: deletion protection on the cluster and database, retained data.
     protect: bool = False
+    """Production safety: deletion protection on the cluster and database."""
     aws: AwsConfig | None = None
+    """AWS settings; required when cloud is aws."""
     gcp: GcpConfig | None = None
+    """Google Cloud settings; required when cloud is gcp."""
     local: LocalConfig | None = None
+    """Local cluster settings, for cloud local."""
     system_pool: PoolConfig = PoolConfig(min_size=2, max_size=4)
+    """The default pool: system add-ons and Airflow itself."""
     task_pool: PoolConfig = PoolConfig(min_size=0, max_size=10)
+    """The task pool: KubernetesPodOperator pods only; scales from zero."""
     cluster_autoscaler: ClusterAutoscalerConfig = ClusterAutoscalerConfig()
+    """Node scale-down timing (EKS; GKE uses its autoscaling profile)."""
     addons: AddonsConfig = AddonsConfig()
+    """Cluster add-ons."""
     airflow: AirflowConfig = AirflowConfig()
+    """The Airflow release."""
     scaling: ScalingConfig = ScalingConfig()
+    """Celery worker autoscaling."""
     tags: dict[str, str] = {}
+    """Tags/labels added to every cloud resource that takes them."""
 
     @field_validator("cluster_name")
     @classmethod
