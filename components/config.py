@@ -242,6 +242,7 @@ class AirflowConfig(_Model):
     database: Literal["bundled", "managed"] = "bundled"
     """`bundled`: the chart's Postgres (dev); `managed`: RDS / Cloud SQL behind PgBouncer (prod)."""
     git_sync: GitSyncConfig = GitSyncConfig()
+    """Where DAGs come from (git-sync)."""
     # The UI stays on a ClusterIP service unless this is set.
     expose_ui: bool = False
     """Expose the Airflow UI through a LoadBalancer; by default it stays on a ClusterIP service."""

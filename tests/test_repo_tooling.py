@@ -1,0 +1,71 @@
+"""The repository's own tooling: workflows lint clean, CI runs the README's test command, previews cover every stack."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tools.mock_runtime import available_stacks
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+
+
+def _actionlint() -> str:
+    found = shutil.which("actionlint") or str(Path(sys.executable).parent / "actionlint")
+    assert Path(found).exists(), "actionlint is missing: install requirements-dev.txt"
+    return found
+
+
+def test_workflows_pass_actionlint():
+    assert WORKFLOWS, "no workflows found"
+    result = subprocess.run([_actionlint(), *map(str, WORKFLOWS)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path):
+    # Guards the check above against passing vacuously (e.g. a linter that accepts anything).
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
+    result = subprocess.run([_actionlint(), str(broken)], capture_output=True, text=True)
+    assert result.returncode != 0
+
+
+def test_fork_previews_cover_every_stack():
+    preview = yaml.safe_load((REPO / ".github/workflows/preview.yml").read_text())
+    offline = preview["jobs"]["offline-preview"]["strategy"]["matrix"]["stack"]
+    assert sorted(offline) == available_stacks()
+    cloud = [entry["stack"] for entry in preview["jobs"]["cloud-preview"]["strategy"]["matrix"]["include"]]
+    assert sorted(cloud) == [s for s in available_stacks() if s != "local"]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"^```sh\n(.*?)```", readme, re.M | re.S)
+    test_commands = [line for block in commands for line in block.splitlines() if line.strip().startswith("make test")]
+    assert test_commands, "the README must show the test command (make test)"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert any(cmd.strip() in ci for cmd in test_commands)
+    workflow = (REPO / ".github/workflows/test.yml").read_text()
+    assert "make test" in workflow
+
+
+def test_readme_config_reference_is_generated_from_the_model():
+    from tools.config_reference import main
+
+    assert main(["--check"]) == 0, "run: python -m tools.config_reference --write"
+
+
+def test_config_reference_lists_every_key_with_a_description():
+    from tools.config_reference import rows
+
+    keys = {key: meaning for key, _, _, meaning in rows()}
+    for key in ("cloud", "taskPool.minSize", "aws.region", "gcp.project", "scaling.mode", "airflow.workerConcurrency"):
+        assert key in keys
+    undocumented = [key for key, meaning in keys.items() if not meaning]
+    assert not undocumented, f"add a docstring under these fields in components/config.py: {undocumented}"
