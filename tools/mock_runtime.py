@@ -122,7 +122,9 @@ def fake_outputs(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any
         )
     elif type_ == "gcp:serviceaccount/account:Account":
         project = inputs.get("project", "mock-project")
-        out.update(email=f"{inputs.get('accountId', name)}@{project}.iam.gserviceaccount.com", name=name)
+        email = f"{inputs.get('accountId', name)}@{project}.iam.gserviceaccount.com"
+        # `name` is the account's resource path, which IAM resources take as service_account_id.
+        out.update(email=email, name=f"projects/{project}/serviceAccounts/{email}")
     elif type_ == "gcp:compute/network:Network" or type_ == "gcp:compute/subnetwork:Subnetwork":
         out.update(selfLink=f"https://www.googleapis.com/compute/v1/projects/p/global/{name}", name=inputs.get("name", name))
     elif type_ == "gcp:sql/databaseInstance:DatabaseInstance":
