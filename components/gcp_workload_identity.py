@@ -39,7 +39,7 @@ def service_account_id(*parts: str) -> str:
     if not text or not text[0].isalpha():
         text = "sa-" + text
     if len(text) < _ACCOUNT_ID_MIN:
-        text = f"{text}-gsa"
+        text = f"{text}-account"
     if len(text) > _ACCOUNT_ID_MAX:
         digest = hashlib.sha256(text.encode()).hexdigest()[:6]
         text = text[: _ACCOUNT_ID_MAX - len(digest) - 1].rstrip("-") + "-" + digest

@@ -68,6 +68,8 @@ class GkeNodePoolSpec:
 
 @dataclass(frozen=True)
 class GkeClusterArgs:
+    """Everything `GkeCluster` needs; `from_stack` builds it from the stack config and checks what GKE cannot take."""
+
     cluster_name: str
     project: str
     region: str
@@ -170,8 +172,8 @@ def gcp_labels(tags: dict[str, str]) -> dict[str, str]:
     return labels
 
 
-def gke_kubeconfig(cluster_name: str, endpoint: str, ca_data: str, context: str) -> str:
-    """A kubeconfig that gets tokens from `gke-gcloud-auth-plugin`, as `gcloud container clusters get-credentials` does."""
+def gke_kubeconfig(endpoint: str, ca_data: str, context: str) -> str:
+    """A kubeconfig whose tokens come from `gke-gcloud-auth-plugin`, as `gcloud ... get-credentials` writes it."""
     return yaml.safe_dump(
         {
             "apiVersion": "v1",
@@ -360,7 +362,7 @@ class GkeCluster(pulumi.ComponentResource):
         self.cluster_name = cluster.name
         self.kubeconfig = pulumi.Output.secret(
             pulumi.Output.all(cluster.endpoint, cluster.master_auth.cluster_ca_certificate).apply(
-                lambda values: gke_kubeconfig(args.cluster_name, values[0], values[1], context)
+                lambda values: gke_kubeconfig(values[0], values[1], context)
             )
         )
         self.provider = k8s.Provider(
