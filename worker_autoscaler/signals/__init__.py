@@ -1,0 +1,14 @@
+"""Where the autoscaler's numbers come from, one module per source (like KEDA's scalers).
+
+Readers raise `SignalError` when their source is unreachable, so the controller can fail safe.
+"""
+
+from __future__ import annotations
+
+
+class SignalError(RuntimeError):
+    """A signal source could not be read; `source` names it for the errors metric."""
+
+    def __init__(self, source: str, message: str):
+        self.source = source
+        super().__init__(f"{source}: {message}")
