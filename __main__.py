@@ -2,13 +2,36 @@
 
 import pulumi
 
-from components.clusters import create_cluster
+from components.airflow import Airflow, AirflowArgs
+from components.clusters import create_cloud_services, create_cluster
 from components.config import load_stack_config
+from components.keda import Keda, KedaArgs
+from components.metrics_server import MetricsServer, MetricsServerArgs
+from components.task_namespace import TaskNamespace, TaskNamespaceArgs
 
 config = load_stack_config()
 cluster = create_cluster(config)
+services = create_cloud_services(config, cluster)
+
+# Add-ons: metrics-server where the cloud has none (not GKE), KEDA everywhere.
+metrics_server = MetricsServerArgs.from_stack(config)
+if metrics_server.install:
+    MetricsServer("metrics-server", metrics_server, cluster)
+keda = Keda("keda", KedaArgs.from_stack(config), cluster)
+
+# Airflow, and the namespace its KubernetesPodOperator pods run in.
+tasks = TaskNamespace("airflow-tasks", TaskNamespaceArgs.from_stack(config), cluster)
+airflow = Airflow("airflow", AirflowArgs.from_stack(config), cluster, services, depends_on=[keda.release])
+# TODO(worker-autoscaler): when config.scaling.mode == "task-aware", deploy the worker autoscaler here against
+# airflow.namespace / airflow.worker_deployment (the chart keeps workers at scaling.minWorkers until then).
 
 pulumi.export("cloud", config.cloud)
 pulumi.export("clusterName", cluster.cluster_name)
 pulumi.export("kubeconfig", cluster.kubeconfig)
 pulumi.export("taskPool", cluster.task_pool.as_dict())
+pulumi.export("airflowNamespace", airflow.namespace)
+pulumi.export("taskNamespace", tasks.name)
+pulumi.export("airflowUiService", airflow.ui_service)
+pulumi.export("airflowUiPortForward", airflow.port_forward)
+pulumi.export("airflowAdminUser", airflow.admin_user)
+pulumi.export("airflowAdminPassword", airflow.admin_password)

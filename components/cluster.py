@@ -56,6 +56,56 @@ class NoWorkloadIdentity(WorkloadIdentity):
         return pulumi.Output.from_input({})
 
 
+@dataclass(frozen=True)
+class LogStore:
+    """Object storage for Airflow's remote task logs, and the Airflow connection that reaches it.
+
+    `connection_uri` carries no credentials: they come from the pod's workload identity.
+    """
+
+    bucket: pulumi.Output[str]
+    base_url: pulumi.Output[str]  # s3://bucket/prefix or gs://bucket/prefix
+    connection_id: str  # e.g. aws_default, google_cloud_default
+    connection_uri: str  # e.g. aws://, google-cloud-platform://
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """A managed PostgreSQL database for Airflow's metadata; `password` is a Pulumi secret."""
+
+    host: pulumi.Output[str]
+    port: pulumi.Output[int]
+    database: str
+    user: str
+    password: pulumi.Output[str]
+    sslmode: str = "require"
+
+
+class CloudServices(ABC):
+    """The cloud's data services Airflow uses (the cluster contract's counterpart for storage and databases)."""
+
+    @abstractmethod
+    def log_store(self, name: str, parent: pulumi.Resource) -> LogStore | None:
+        """A bucket for remote task logs, or None where logs stay in the cluster."""
+
+    @abstractmethod
+    def postgres(self, name: str, parent: pulumi.Resource) -> PostgresDatabase:
+        """A managed PostgreSQL database reachable from the cluster's pods."""
+
+
+class NoCloudServices(CloudServices):
+    """For clusters with no cloud (local): logs stay in the cluster and there is no managed database."""
+
+    def log_store(self, name, parent):  # noqa: ANN001
+        return None
+
+    def postgres(self, name, parent):  # noqa: ANN001
+        raise ValueError(
+            f"{name}: airflow.database is managed, but a local cluster has no managed database; "
+            "set airflow.database to bundled"
+        )
+
+
 @runtime_checkable
 class KubernetesCluster(Protocol):
     """What later components need from a cluster.

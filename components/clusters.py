@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pulumi
 
-from components.cluster import KubernetesCluster
+from components.cluster import CloudServices, KubernetesCluster, NoCloudServices
 from components.config import StackConfig
 
 
@@ -21,3 +21,16 @@ def create_cluster(config: StackConfig, opts: pulumi.ResourceOptions | None = No
     from components.local_cluster import LocalCluster, LocalClusterArgs
 
     return LocalCluster(config.cluster_name, LocalClusterArgs.from_stack(config), opts)
+
+
+def create_cloud_services(config: StackConfig, cluster: KubernetesCluster) -> CloudServices:
+    """The cloud's log bucket and managed database for `config.cloud` (none on a local cluster)."""
+    if config.cloud == "aws":
+        from components.aws_services import AwsServices
+
+        return AwsServices.from_stack(config, cluster)
+    if config.cloud == "gcp":
+        from components.gcp_services import GcpServices
+
+        return GcpServices.from_stack(config, cluster)
+    return NoCloudServices()

@@ -12,6 +12,7 @@ receive them. Outputs that only the cloud knows (ARNs, endpoints, IDs) are faked
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -133,6 +134,9 @@ def fake_outputs(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any
         out.update(url=f"gs://{inputs.get('name', name)}", name=inputs.get("name", name))
     elif type_ == "random:index/randomPassword:RandomPassword":
         out["result"] = f"mock-password-{h}"
+    elif type_ == "random:index/randomBytes:RandomBytes":
+        raw = hashlib.sha256(name.encode()).digest()[: int(inputs.get("length", 32))]
+        out.update(base64=base64.b64encode(raw).decode(), hex=raw.hex())
     return out
 
 
