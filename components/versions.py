@@ -17,7 +17,9 @@ class ChartRef:
     repo: str
 
 
-CLUSTER_AUTOSCALER_CHART = ChartRef("cluster-autoscaler", "9.50.1", "https://kubernetes.github.io/autoscaler")
+# 9.54.0 is the first chart whose ClusterRole lets the autoscaler read resource.k8s.io (DRA) objects, which
+# autoscaler 1.35 always watches; 9.55.1 defaults to autoscaler 1.35.0. 9.50.x was built for 1.33 and lacks it.
+CLUSTER_AUTOSCALER_CHART = ChartRef("cluster-autoscaler", "9.55.1", "https://kubernetes.github.io/autoscaler")
 METRICS_SERVER_CHART = ChartRef("metrics-server", "3.13.0", "https://kubernetes-sigs.github.io/metrics-server/")
 KEDA_CHART = ChartRef("keda", "2.18.1", "https://kedacore.github.io/charts")
 AIRFLOW_CHART = ChartRef("airflow", "1.21.0", "https://airflow.apache.org")

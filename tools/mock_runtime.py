@@ -106,6 +106,12 @@ def fake_outputs(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any
         )
     elif type_ == "aws:eks/nodeGroup:NodeGroup":
         out["resources"] = [{"autoscalingGroups": [{"name": f"eks-{name}-{h}"}], "remoteAccessSecurityGroupId": ""}]
+        # Auto-named by the engine when the program sets no name.
+        out["nodeGroupName"] = inputs.get("nodeGroupName") or f"{name}-{h[:7]}"
+    elif type_ == "aws:ec2/launchTemplate:LaunchTemplate":
+        out.update(latestVersion=1, defaultVersion=1)
+    elif type_ == "aws:iam/role:Role":
+        out["name"] = inputs.get("name") or f"{name}-{h[:7]}"
     elif type_ == "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
         out["url"] = (inputs.get("url") or "").removeprefix("https://")
     elif type_ == "aws:ec2/vpc:Vpc":
