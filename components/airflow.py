@@ -105,8 +105,9 @@ def kpo_connection(task_namespace: str) -> str:
 def example_dag_files() -> dict[str, str]:
     """The ConfigMap data that serves dags/ as the DAG folder when no git repository is configured."""
     files = {p.name: p.read_text() for p in sorted(DAGS_DIR.glob("*.py"))}
-    # A mounted ConfigMap keeps its files in hidden `..<timestamp>` and `..data` folders behind the visible
-    # symlinks; Airflow follows links while walking the folder, so without this it would parse each DAG thrice.
+    # A mounted ConfigMap keeps its files in a hidden `..<timestamp>` folder, linked again as `..data`, behind
+    # the visible symlinks; Airflow's DAG walker follows links, meets that folder twice and stops with a
+    # "recursive loop" error unless both are ignored (tests/test_airflow_component.py mounts it the same way).
     files[".airflowignore"] = "..*\n"
     return files
 
