@@ -1,0 +1,7 @@
+"""Scaling benchmark: HPA (CPU), KEDA (the Airflow chart's ScaledObject) and the task-aware autoscaler.
+
+`bench.sim` is a discrete-event model of the Celery worker Deployment, its ReplicaSet, the task node
+pool and the Cluster Autoscaler; `bench.hpa`, `bench.keda` and `bench.replicaset` are ports of the
+upstream decision rules; the task-aware mode runs the project's real `worker_autoscaler.policy`.
+`python -m bench.scaling` runs every scenario and writes bench/results/ (see bench/README.md).
+"""
