@@ -22,6 +22,9 @@ from __future__ import annotations
 
 from kubernetes.client import models as k8s
 
+# Airflow registers the hooks named here and copies nothing else of this module into airflow.settings.
+__all__ = ["pod_mutation_hook"]
+
 # The task pool's selector (label_key, label_value, taint_key, taint_value, taint_effect), injected when the
 # Airflow component renders this file; the line below is replaced whole.
 TASK_POOL: dict[str, str] = {}  # <task-pool: rendered by airflow_settings.render_local_settings>
