@@ -45,8 +45,10 @@ def calibration(runs: dict[str, RunResult]) -> dict[str, Any]:
         f"{(keda.makespan_s - calibrate.SEED_KEDA_MAKESPAN_S) / 60:+.1f} min. The model's HPA steps every ~1 min "
         "(pod start-up + boot + one metrics window + one sync), the seed's `kubectl describe` ages put them 1-2 min "
         "apart (2, 3, 4, 6, 8 at 32, 30, 29, 27, 26 min ago, rounded, mixed with earlier runs): its pods started "
-        "slower than a single start-up figure can match while KEDA's 1→4 still finishes in ~6 min. The seed's "
-        "scale-down (8→5→4→2→1 over 10 min) is not fitted: its CPU after the tasks is unknown."
+        "slower than a single start-up figure can match while KEDA's 1→4 still finishes in ~6 min. The model's "
+        "steps read 71-76 % CPU (the newest worker is counted while booting) where the seed printed 81 %; 81 % at "
+        "3 replicas would have given 5, not 4. The seed's scale-down (8→5→4→2→1 over 10 min) is not fitted: its "
+        "CPU after the tasks is unknown."
     )
     return {"seed": seed, "model": model, "residual": residual}
 
