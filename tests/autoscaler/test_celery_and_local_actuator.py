@@ -1,0 +1,204 @@
+"""Celery's control API (inspect, cancel/add consumer, drain wait) and the local-process actuator, against
+a real redis-server and real Celery worker processes."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from celery import Celery
+
+from tests.autoscaler.conftest import REPO_ROOT
+from tools.local_services import free_port
+from worker_autoscaler.actuators.local_processes import FileLeaderLock, LocalProcessActuator
+from worker_autoscaler.signals import SignalError
+from worker_autoscaler.signals.celery_inspect import CeleryWorkers, HostnameTemplate
+
+
+def plain_worker_command(name: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tests.autoscaler.celery_app", "worker", "-n", f"celery@{name}",
+            "-c", "2", "-Q", "default", "--without-mingle", "--without-gossip", "-l", "info"]
+
+
+class TaskSender:
+    """The test's client side: sends `sleep_then_report` (defined in celery_app.py) to the workers' broker."""
+
+    def __init__(self, broker_url: str, result_backend: str):
+        self.app = Celery("autoscaler-tests-client", broker=broker_url, backend=result_backend, set_as_current=False)
+
+    def sleep(self, seconds: float):
+        return self.app.send_task("sleep_then_report", args=[seconds], queue="default")
+
+
+@pytest.fixture
+def setup(redis, tmp_path):
+    """A local actuator for plain Celery workers on a fresh Redis DB, the control client and a task sender."""
+    db = next(_redis_dbs)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TEST_BROKER_URL": redis.url(db),
+           "TEST_RESULT_BACKEND": redis.url(db + 1)}
+    actuator = LocalProcessActuator(tmp_path / "state", plain_worker_command, env=env)
+    control = CeleryWorkers(redis.url(db), timeout_s=2)
+    sender = TaskSender(redis.url(db), redis.url(db + 1))
+    try:
+        yield actuator, control, sender
+    finally:
+        actuator.stop_all(timeout_s=20)
+        control.close()
+        # Drop result objects while Redis is still up: their __del__ unsubscribes from it.
+        gc.collect()
+        sender.app.close()
+
+
+_redis_dbs = iter(range(2, 16, 2))
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def start_workers(actuator, control, n: int) -> list[str]:
+    before = set(actuator.alive())
+    actuator.set_replicas(len(before) + n)
+    names = sorted(set(actuator.alive()) - before)
+    wait_for(lambda: control.ping(f"celery@{w}" for w in names) == {f"celery@{w}" for w in names}, 30, f"{names} up")
+    return names
+
+
+def test_hostname_template_maps_both_ways():
+    t = HostnameTemplate()
+    assert t.hostname("airflow-worker-5d9f-abcde") == "celery@airflow-worker-5d9f-abcde"
+    assert t.pod("celery@airflow-worker-5d9f-abcde") == "airflow-worker-5d9f-abcde"
+    assert t.pod("other@x") is None
+    assert HostnameTemplate("w.{pod}.local").pod("w.p1.local") == "p1"
+    with pytest.raises(ValueError, match="must contain"):
+        HostnameTemplate("celery@host")
+
+
+def test_snapshot_shows_active_with_start_times_and_reserved_per_worker(setup):
+    actuator, control, sender = setup
+    [busy] = start_workers(actuator, control, 1)
+    sent_at = time.time()
+    results = [sender.sleep(4) for _ in range(3)]
+    host = f"celery@{busy}"
+    state = wait_for(lambda: (s := control.snapshot([host]).get(host)) and len(s.active) == 2 and len(s.reserved) == 1 and s,
+                     10, "2 active + 1 reserved")
+    [idle] = start_workers(actuator, control, 1)
+    snap = control.snapshot([host, f"celery@{idle}"])
+    assert snap[f"celery@{idle}"].busy is False and snap[f"celery@{idle}"].queues == ("default",)
+    assert snap[host].busy and snap[host].queues == ("default",)
+    now = time.time()
+    for task in state.active:
+        assert task.name == "sleep_then_report" and sent_at - 1 <= task.started_at <= now
+    starts = state.task_start_times(now)
+    assert len(starts) == 3 and starts[-1] == now
+    assert HostnameTemplate().pod(host) == busy
+    assert {r.get(timeout=20) for r in results} == {host}
+
+
+def test_cancelled_worker_takes_no_new_tasks_until_added_back(setup):
+    actuator, control, sender = setup
+    a, b = start_workers(actuator, control, 2)
+    assert control.cancel_consumer([f"celery@{b}"], ["default"]) == {f"celery@{b}"}
+    assert control.snapshot([f"celery@{b}"])[f"celery@{b}"].queues == ()
+    ran_on = {sender.sleep(0.3).get(timeout=20) for _ in range(6)}
+    assert ran_on == {f"celery@{a}"}
+    assert control.add_consumer([f"celery@{b}"], ["default"]) == {f"celery@{b}"}
+    assert control.snapshot([f"celery@{b}"])[f"celery@{b}"].queues == ("default",)
+    # Keep a busy with long tasks; the next short ones must reach b again.
+    long = [sender.sleep(3) for _ in range(4)]
+    short = [sender.sleep(0.1) for _ in range(4)]
+    assert f"celery@{b}" in {r.get(timeout=30) for r in long + short}
+
+
+def test_drain_wait_returns_when_the_worker_is_idle_or_on_timeout_or_abort(setup):
+    actuator, control, sender = setup
+    [w] = start_workers(actuator, control, 1)
+    host = f"celery@{w}"
+    result = sender.sleep(3)
+    wait_for(lambda: control.snapshot([host])[host].busy, 10, "task picked up")
+    control.cancel_consumer([host], ["default"])
+    idle, pending = control.wait_until_idle([host], timeout_s=0.5, poll_s=0.2)
+    assert (idle, pending) == (set(), {host})
+    started = time.monotonic()
+    idle, pending = control.wait_until_idle([host], timeout_s=5, poll_s=0.2, abort=lambda: True)
+    assert pending == {host} and time.monotonic() - started < 3
+    idle, pending = control.wait_until_idle([host], timeout_s=15, poll_s=0.2)
+    assert (idle, pending) == ({host}, set())
+    assert result.get(timeout=5) == host
+
+
+def test_local_actuator_removes_only_the_named_worker_after_its_task(setup, tmp_path):
+    actuator, control, sender = setup
+    first, second = start_workers(actuator, control, 2)
+    assert (first, second) == ("worker-1", "worker-2")
+    assert actuator.get_replicas() == 2
+    host = f"celery@{first}"
+    control.cancel_consumer([f"celery@{second}"], ["default"])
+    running = sender.sleep(3)
+    wait_for(lambda: control.snapshot([host])[host].busy, 10, "task on worker-1")
+    actuator.mark_for_removal([first])
+    assert [w.marked for w in actuator.list_workers()] == [True, False]
+    actuator.remove([first])
+    assert actuator.get_replicas() == 1
+    assert [(w.name, w.terminating) for w in actuator.list_workers()] == [(first, True), (second, False)]
+    # Warm shutdown: the running task still completes on the removed worker, then the process exits.
+    assert running.get(timeout=20) == host
+    assert actuator.wait_gone([first], timeout_s=20)
+    assert actuator.alive() == [second]
+    # A new actuator on the same state dir (a restarted controller) finds the survivor and never reuses a name.
+    again = LocalProcessActuator(actuator.state_dir, plain_worker_command, env=actuator.env)
+    assert [w.name for w in again.list_workers()] == [second]
+    again.set_replicas(2)
+    assert again.alive() == [second, "worker-3"]
+    again.kill("worker-3")
+    assert again.alive() == [second]
+
+
+def test_file_leader_lock_is_exclusive_and_freed_when_the_holder_dies(tmp_path):
+    path = tmp_path / "leader.lock"
+    one, two = FileLeaderLock(path, "one"), FileLeaderLock(path, "two")
+    assert one.try_acquire() and one.try_acquire()
+    assert not two.try_acquire()
+    assert one.holder() == "one"
+    one.release()
+    assert two.try_acquire()
+    two.release()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from worker_autoscaler.actuators.local_processes import FileLeaderLock;"
+         f"assert FileLeaderLock({str(path)!r}, 'child').try_acquire(); print('held', flush=True); time.sleep(60)"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not one.try_acquire()
+        holder.kill()
+        holder.wait()
+        assert one.try_acquire()
+    finally:
+        holder.kill()
+        one.release()
+
+
+def test_unreachable_broker_raises_signal_error_within_seconds():
+    control = CeleryWorkers(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SignalError) as err:
+            control.snapshot(["celery@w"])
+        assert err.value.source == "celery"
+        with pytest.raises(SignalError):
+            control.cancel_consumer(["celery@w"], ["default"])
+    finally:
+        control.close()
+    assert time.monotonic() - started < 10
