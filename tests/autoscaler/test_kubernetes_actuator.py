@@ -1,0 +1,193 @@
+"""The Kubernetes actuator and Lease with the real `kubernetes` client over a faked HTTP layer: exact requests."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.autoscaler.fake_kube import FakeKube, pod
+from worker_autoscaler.actuators import WorkerPod
+from worker_autoscaler.actuators.kubernetes import CHOSEN_COST, DELETION_COST, MARKER, KubernetesDeploymentActuator, KubernetesLease
+
+SCALE = "/apis/apps/v1/namespaces/airflow/deployments/airflow-worker/scale"
+PODS = "/api/v1/namespaces/airflow/pods"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/airflow/leases"
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube(replicas={"airflow-worker": 3})
+
+
+@pytest.fixture
+def actuator(kube) -> KubernetesDeploymentActuator:
+    return KubernetesDeploymentActuator(kube.api_client(), "airflow", "airflow-worker", "component=worker,release=airflow")
+
+
+def test_reads_and_patches_the_scale_subresource(kube, actuator):
+    assert actuator.get_replicas() == 3
+    actuator.set_replicas(5)
+    assert [(r.method, r.path, r.body, r.content_type) for r in kube.requests] == [
+        ("GET", SCALE, None, "application/json"),
+        ("PATCH", SCALE, {"spec": {"replicas": 5}}, "application/merge-patch+json"),
+    ]
+    assert kube.replicas["airflow-worker"] == 5
+
+
+def test_lists_worker_pods_by_selector_with_readiness_deletion_and_marks(kube, actuator):
+    labels = {"component": "worker", "release": "airflow"}
+    kube.pods = {
+        "w-b": pod("w-b", labels=labels),
+        "w-a": pod("w-a", labels=labels, ready=False, phase="Pending"),
+        "w-c": pod("w-c", labels=labels, deleting=True, annotations={MARKER: "true", DELETION_COST: CHOSEN_COST}),
+        "w-done": pod("w-done", labels=labels, phase="Succeeded", ready=False),
+        "scheduler": pod("scheduler", labels={"component": "scheduler", "release": "airflow"}),
+    }
+    assert actuator.list_workers() == [
+        WorkerPod("w-a", ready=False, terminating=False, marked=False),
+        WorkerPod("w-b", ready=True, terminating=False, marked=False),
+        WorkerPod("w-c", ready=True, terminating=True, marked=True),
+    ]
+    [req] = kube.requests
+    assert (req.method, req.path, req.query["labelSelector"]) == ("GET", PODS, "component=worker,release=airflow")
+
+
+def test_marks_the_chosen_pods_with_the_lowest_deletion_cost_then_lowers_replicas(kube, actuator):
+    kube.pods = {n: pod(n) for n in ("w-1", "w-2", "w-3")}
+    actuator.mark_for_removal(["w-1", "w-3"])
+    actuator.remove(["w-1", "w-3"])
+    assert kube.writes() == [
+        ("PATCH", f"{PODS}/w-1", {"metadata": {"annotations": {DELETION_COST: "-2147483648", MARKER: "true"}}}),
+        ("PATCH", f"{PODS}/w-3", {"metadata": {"annotations": {DELETION_COST: "-2147483648", MARKER: "true"}}}),
+        ("PATCH", SCALE, {"spec": {"replicas": 1}}),
+    ]
+    assert kube.pods["w-1"]["metadata"]["annotations"] == {DELETION_COST: "-2147483648", MARKER: "true"}
+    assert kube.pods["w-2"]["metadata"]["annotations"] == {}
+
+
+def test_clearing_marks_deletes_both_annotations_and_ignores_vanished_pods(kube, actuator):
+    kube.pods = {"w-1": pod("w-1", annotations={DELETION_COST: CHOSEN_COST, MARKER: "true", "keep": "me"})}
+    actuator.clear_marks(["w-1", "gone"])
+    assert kube.writes() == [
+        ("PATCH", f"{PODS}/w-1", {"metadata": {"annotations": {DELETION_COST: None, MARKER: None}}}),
+        ("PATCH", f"{PODS}/gone", {"metadata": {"annotations": {DELETION_COST: None, MARKER: None}}}),
+    ]
+    assert kube.pods["w-1"]["metadata"]["annotations"] == {"keep": "me"}
+
+
+def test_api_errors_surface(kube, actuator):
+    kube.replicas = {}
+    with pytest.raises(ApiException) as err:
+        actuator.get_replicas()
+    assert err.value.status == 404
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def wall(clock: Clock):
+    return lambda: datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=clock.t)
+
+
+def lease(kube, identity, clock, duration=15) -> KubernetesLease:
+    return KubernetesLease(kube.api_client(), "airflow", "worker-autoscaler", identity,
+                           lease_duration_s=duration, clock=clock, wall_clock=wall(clock))
+
+
+def test_lease_create_renew_and_a_second_candidate_waits(kube):
+    clock = Clock()
+    a, b = lease(kube, "a", clock), lease(kube, "b", clock)
+    assert a.try_acquire() and a.held
+    get, post = kube.requests
+    assert (get.method, get.path) == ("GET", f"{LEASES}/worker-autoscaler")
+    assert (post.method, post.path) == ("POST", LEASES)
+    assert post.body["metadata"]["name"] == "worker-autoscaler"
+    assert post.body["spec"]["holderIdentity"] == "a"
+    assert post.body["spec"]["leaseDurationSeconds"] == 15
+    assert post.body["spec"]["leaseTransitions"] == 0
+    assert post.body["spec"]["renewTime"].startswith("2026-01-01T00:16:40")
+
+    assert not b.try_acquire() and not b.held  # a's lease, seen fresh by b
+    clock.t += 5
+    version = kube.leases["worker-autoscaler"]["metadata"]["resourceVersion"]
+    assert a.try_acquire()
+    put = kube.requests[-1]
+    assert (put.method, put.path) == ("PUT", f"{LEASES}/worker-autoscaler")
+    assert put.body["metadata"]["resourceVersion"] == version
+    assert put.body["spec"]["renewTime"].startswith("2026-01-01T00:16:45")
+    assert put.body["spec"]["acquireTime"].startswith("2026-01-01T00:16:40")  # renewals keep acquireTime
+    assert put.body["spec"]["leaseTransitions"] == 0
+    # b keeps seeing renewals, so a's lease never looks expired to b.
+    for _ in range(5):
+        clock.t += 10
+        assert a.try_acquire()
+        assert not b.try_acquire()
+
+
+def test_an_abandoned_lease_is_taken_over_after_its_duration_on_our_clock(kube):
+    clock = Clock()
+    a, b = lease(kube, "a", clock), lease(kube, "b", clock)
+    assert a.try_acquire()
+    assert not b.try_acquire()
+    clock.t += 14  # a stopped renewing (crashed); b has seen the same record for 14 s < 15 s
+    assert not b.try_acquire()
+    assert not a.held  # a's own renew deadline (10 s) passed long before b may take over
+    clock.t += 1.5
+    assert b.try_acquire()
+    spec = kube.leases["worker-autoscaler"]["spec"]
+    assert (spec["holderIdentity"], spec["leaseTransitions"]) == ("b", 1)
+    # a comes back: the lease is b's and fresh, so a must not act.
+    assert not a.try_acquire() and not a.held
+
+
+def test_conflicting_write_loses_the_race(kube):
+    clock = Clock()
+    a, b = lease(kube, "a", clock), lease(kube, "b", clock)
+    assert a.try_acquire()
+    assert not b.try_acquire()
+    clock.t += 16
+
+    def c_writes_first(req):
+        # ...but candidate c updates the lease between b's read and b's write.
+        current = kube.leases["worker-autoscaler"]
+        current["spec"]["holderIdentity"] = "c"
+        current["metadata"]["resourceVersion"] = kube._next_version()
+        kube.before_write = None
+
+    kube.before_write = c_writes_first
+    assert not b.try_acquire() and not b.held
+    assert kube.requests[-1].method == "PUT"
+    assert kube.leases["worker-autoscaler"]["spec"]["holderIdentity"] == "c"
+
+
+def test_release_hands_over_at_once(kube):
+    clock = Clock()
+    a, b = lease(kube, "a", clock), lease(kube, "b", clock)
+    assert a.try_acquire()
+    assert not b.try_acquire()
+    a.release()
+    assert not a.held
+    spec = kube.leases["worker-autoscaler"]["spec"]
+    assert spec.get("holderIdentity") is None and spec["leaseDurationSeconds"] == 1
+    assert b.try_acquire()
+    assert kube.leases["worker-autoscaler"]["spec"]["leaseTransitions"] == 1
+
+
+def test_api_outage_keeps_the_lease_only_until_the_renew_deadline(kube):
+    clock = Clock()
+    a = lease(kube, "a", clock)
+    assert a.try_acquire()
+    kube.down = True
+    clock.t += 9
+    assert a.try_acquire()  # a failed renewal within the 10 s renew deadline: still the leader
+    clock.t += 2
+    assert not a.try_acquire() and not a.held
+    kube.down = False
+    assert a.try_acquire()  # its own, unexpired record: renewed
