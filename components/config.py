@@ -272,6 +272,25 @@ class ScalingConfig(_Model):
     """Most Celery workers."""
     target_load_factor: float = Field(default=1.0, gt=0, le=1.0)
     """Share of task slots to fill: workers = ceil(tasks / (concurrency x factor))."""
+    # The rest tunes the task-aware autoscaler (worker_autoscaler/); keda and hpa modes ignore it.
+    queues: list[str] = ["default"]
+    """task-aware: Celery queues the workers consume; only their tasks count, and drains cancel them all."""
+    poll_interval_seconds: int = Field(default=10, ge=1, le=300)
+    """task-aware: seconds between two looks at the task load."""
+    scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
+    """task-aware: scale up to the lowest need seen over this window (0 = at once)."""
+    scale_down_stabilization_seconds: int = Field(default=120, ge=0, le=3600)
+    """task-aware: scale down only to the highest need seen over this window."""
+    scale_up_max_step: int = Field(default=0, ge=0)
+    """task-aware: most workers added per decision (0 = unlimited)."""
+    scale_down_max_step: int = Field(default=1, ge=1)
+    """task-aware: most workers removed per decision."""
+    scale_down_cooldown_seconds: int = Field(default=60, ge=0, le=3600)
+    """task-aware: least time between two scale-downs (no yo-yo)."""
+    drain_timeout_seconds: int = Field(default=300, ge=10, le=86400)
+    """task-aware: longest wait for a worker chosen for removal to finish its tasks; then it is kept."""
+    per_queue_ceiling: bool = False
+    """task-aware: size each queue on its own and add up (for workers whose slots do not mix queues)."""
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingConfig:
@@ -281,7 +300,46 @@ class ScalingConfig(_Model):
             )
         if self.mode == "hpa" and self.min_workers == 0:
             raise ValueError("minWorkers: mode hpa cannot scale to zero workers (CPU of zero pods is unknown); set minWorkers to 1 or more")
+        problems = []
+        if not self.queues or any(not q.strip() for q in self.queues):
+            problems.append("queues: needs at least one queue name and no empty ones; the chart's workers consume default")
+        if self.scale_up_stabilization_seconds > self.scale_down_stabilization_seconds:
+            problems.append(
+                f"scaleUpStabilizationSeconds: {self.scale_up_stabilization_seconds} is longer than "
+                f"scaleDownStabilizationSeconds ({self.scale_down_stabilization_seconds}), so scaling up would be "
+                "slower than scaling down; shorten it"
+            )
+        if self.scale_up_max_step and self.scale_up_max_step < self.scale_down_max_step:
+            problems.append(
+                f"scaleUpMaxStep: {self.scale_up_max_step} is below scaleDownMaxStep ({self.scale_down_max_step}), "
+                "so scaling up would be slower than scaling down; raise it or use 0 (unlimited)"
+            )
+        if self.drain_timeout_seconds < 2 * self.poll_interval_seconds:
+            problems.append(
+                f"drainTimeoutSeconds: {self.drain_timeout_seconds} is under two poll intervals "
+                f"({self.poll_interval_seconds}s each), too short to see a worker finish; raise it"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
+
+    def autoscaler_args(self, worker_concurrency: int) -> list[str]:
+        """Policy and loop flags for `python -m worker_autoscaler` (the deployment adds connections and names)."""
+        return [
+            f"--min-workers={self.min_workers}",
+            f"--max-workers={self.max_workers}",
+            f"--worker-concurrency={worker_concurrency}",
+            f"--target-load-factor={self.target_load_factor}",
+            f"--queues={','.join(self.queues)}",
+            f"--poll-interval-s={self.poll_interval_seconds}",
+            f"--scale-up-stabilization-s={self.scale_up_stabilization_seconds}",
+            f"--scale-down-stabilization-s={self.scale_down_stabilization_seconds}",
+            f"--scale-up-max-step={self.scale_up_max_step}",
+            f"--scale-down-max-step={self.scale_down_max_step}",
+            f"--scale-down-cooldown-s={self.scale_down_cooldown_seconds}",
+            f"--drain-timeout-s={self.drain_timeout_seconds}",
+            f"--per-queue-ceiling={str(self.per_queue_ceiling).lower()}",
+        ]
 
 
 _DEFAULT_INSTANCE_TYPES: dict[str, dict[str, list[str]]] = {

@@ -159,6 +159,7 @@ class RedisServer:
 
     port: int
     work_dir: Path
+    databases: int = 64  # logical DBs, so each test can have its own broker and result DB
     process: subprocess.Popen | None = None
 
     def url(self, db: int = 0) -> str:
@@ -168,7 +169,7 @@ class RedisServer:
         log = open(self.work_dir / "redis.log", "ab")
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.work_dir), "--protected-mode", "no"],
+             "--dir", str(self.work_dir), "--protected-mode", "no", "--databases", str(self.databases)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

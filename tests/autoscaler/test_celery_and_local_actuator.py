@@ -3,68 +3,23 @@ a real redis-server and real Celery worker processes."""
 
 from __future__ import annotations
 
-import gc
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from celery import Celery
-
 from tests.autoscaler.conftest import REPO_ROOT
+from tests.autoscaler.helpers import plain_worker_command, wait_for
 from tools.local_services import free_port
 from worker_autoscaler.actuators.local_processes import FileLeaderLock, LocalProcessActuator
 from worker_autoscaler.signals import SignalError
 from worker_autoscaler.signals.celery_inspect import CeleryWorkers, HostnameTemplate
 
 
-def plain_worker_command(name: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "tests.autoscaler.celery_app", "worker", "-n", f"celery@{name}",
-            "-c", "2", "-Q", "default", "--without-mingle", "--without-gossip", "-l", "info"]
-
-
-class TaskSender:
-    """The test's client side: sends `sleep_then_report` (defined in celery_app.py) to the workers' broker."""
-
-    def __init__(self, broker_url: str, result_backend: str):
-        self.app = Celery("autoscaler-tests-client", broker=broker_url, backend=result_backend, set_as_current=False)
-
-    def sleep(self, seconds: float):
-        return self.app.send_task("sleep_then_report", args=[seconds], queue="default")
-
-
 @pytest.fixture
-def setup(redis, tmp_path):
-    """A local actuator for plain Celery workers on a fresh Redis DB, the control client and a task sender."""
-    db = next(_redis_dbs)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TEST_BROKER_URL": redis.url(db),
-           "TEST_RESULT_BACKEND": redis.url(db + 1)}
-    actuator = LocalProcessActuator(tmp_path / "state", plain_worker_command, env=env)
-    control = CeleryWorkers(redis.url(db), timeout_s=2)
-    sender = TaskSender(redis.url(db), redis.url(db + 1))
-    try:
-        yield actuator, control, sender
-    finally:
-        actuator.stop_all(timeout_s=20)
-        control.close()
-        # Drop result objects while Redis is still up: their __del__ unsubscribes from it.
-        gc.collect()
-        sender.app.close()
-
-
-_redis_dbs = iter(range(2, 16, 2))
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+def setup(celery_env):
+    return celery_env.actuator, celery_env.control, celery_env.sender
 
 
 def start_workers(actuator, control, n: int) -> list[str]:
