@@ -9,7 +9,8 @@ project's own code, so the benchmark follows the project when it changes:
 * components/airflow.py `scaling_values()` -> the HPA target and behavior, KEDA's pollingInterval,
   cooldownPeriod and HPA behavior; `worker_resources()` -> the worker pod's CPU request (no CPU limit);
 * components/config.py -> min/max workers, worker_concurrency, both pools' sizes, the Cluster
-  Autoscaler timers.
+  Autoscaler timers, and the task-aware autoscaler's policy and poll interval (through its own
+  command line: ScalingConfig.autoscaler_args -> worker_autoscaler.settings).
 
 Where things run (components/airflow.py): Celery workers on the system pool (no taint), the
 KubernetesPodOperator (KPO) pods of tasks on the tainted task pool, which scales from zero.
@@ -17,12 +18,13 @@ KubernetesPodOperator (KPO) pods of tasks on the tainted task pool, which scales
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from components.airflow import AirflowArgs, scaling_values, worker_resources
-from components.config import ClusterAutoscalerConfig, _duration_seconds, parse_stack_config
+from components.config import ClusterAutoscalerConfig, ScalingConfig, _duration_seconds, parse_stack_config
 from worker_autoscaler.policy import PolicyConfig
+from worker_autoscaler.settings import settings_from_args
 
 from bench.hpa import DEFAULT_BEHAVIOR, Behavior, HpaControllerFlags, ScalingPolicy, ScalingRules
 from bench.keda import KedaParams
@@ -132,10 +134,19 @@ class KedaMode:
 
 @dataclass(frozen=True)
 class TaskAwareMode:
-    # assumption until the controller lands: one decision per 15 s, like the HPA.
-    poll_interval_s: float = 15.0
-    # PolicyConfig fields to override (the rest keep worker_autoscaler.policy's defaults).
-    policy_overrides: dict = field(default_factory=dict)
+    """The task-aware controller as the project deploys it (see `task_aware_from_config`)."""
+
+    policy: PolicyConfig
+    poll_interval_s: float
+
+
+def task_aware_from_config(scaling: ScalingConfig, worker_concurrency: int) -> TaskAwareMode:
+    """The policy and loop interval the deployed autoscaler gets: the stack's `scaling` keys turned into
+    its command line (ScalingConfig.autoscaler_args) and parsed by the autoscaler's own settings code."""
+    # The connection flags are required but unused here (nothing connects).
+    argv = scaling.autoscaler_args(worker_concurrency) + ["--db-url=postgresql://unused", "--broker-url=redis://unused"]
+    settings, _ = settings_from_args(argv, environ={})
+    return TaskAwareMode(policy=settings.policy_config(), poll_interval_s=settings.poll_interval_s)
 
 
 @dataclass(frozen=True)
@@ -151,26 +162,15 @@ class Setup:
     target_load_factor: float
     hpa: HpaMode
     keda: KedaMode
+    task_aware: TaskAwareMode
     airflow: Airflow = Airflow()
     kpo: Kpo = Kpo()
-    task_aware: TaskAwareMode = TaskAwareMode()
     hpa_flags: HpaControllerFlags = HpaControllerFlags()
     # metrics-server --metric-resolution (15s in its chart and components.yaml): one CPU sample per pod
     # per 15 s, averaged over that window.
     metrics_resolution_s: float = 15.0
     # Simulated time before the first task, so every controller has a history (pods already running).
     warmup_s: float = 900.0
-
-    def policy_config(self) -> PolicyConfig:
-        """The task-aware policy's config: the project's sizing inputs, the policy's own damping defaults."""
-        base: dict[str, Any] = dict(
-            min_workers=self.min_workers,
-            max_workers=self.max_workers,
-            worker_concurrency=self.celery.concurrency,
-            target_load_factor=self.target_load_factor,
-        )
-        base.update(self.task_aware.policy_overrides)
-        return PolicyConfig(**base)
 
     def with_stock_ca(self) -> Setup:
         return replace(
@@ -234,6 +234,7 @@ def project_setup() -> Setup:
             KedaParams(polling_interval_s=float(keda["pollingInterval"]), cooldown_period_s=float(keda["cooldownPeriod"])),
             behavior_from_k8s(keda.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")),
         ),
+        task_aware=task_aware_from_config(config.scaling, concurrency),
     )
 
 
@@ -250,4 +251,6 @@ def seed_setup() -> Setup:
         target_load_factor=1.0,
         hpa=HpaMode(target_cpu_pct=60, behavior=None),
         keda=KedaMode(KedaParams(), behavior=None),
+        # The project's task-aware defaults (min 1, max 10 like the seed's HPA) with the seed's concurrency.
+        task_aware=task_aware_from_config(ScalingConfig(), worker_concurrency=2),
     )

@@ -324,7 +324,7 @@ class Simulation:
             self.every(s.hpa_flags.sync_period_s, self._hpa_external_sync)
             self.every(s.keda.params.polling_interval_s, self._keda_poll)
         elif self.mode == "task-aware":
-            self.policy = ScalingPolicy(s.policy_config())
+            self.policy = ScalingPolicy(s.task_aware.policy)
             self.every(s.task_aware.poll_interval_s, self._task_aware_poll)
         else:
             raise ValueError(f"mode: {self.mode!r} is not one of hpa, keda, task-aware")
@@ -661,15 +661,19 @@ class Simulation:
             self._set_replicas(target)
 
     def _task_aware_poll(self) -> None:
+        """One iteration of worker_autoscaler.controller: cleanup, decide, scale up or drain-then-remove."""
         active = [p for p in self.pods if p.active]
+        for pod in active:  # cleanup: a worker left cancelled and marked is restored
+            pod.consumer_cancelled, pod.deletion_cost = False, 0
         loads = tuple(QueueLoad(q, queued, running) for q, (queued, running) in self._db_loads().items())
         busy = sum(1 for p in active if p.running or p.reserved)
         decision = self.policy.decide(Observation(self.now, loads, self.replicas, busy))
         if decision.desired_replicas >= self.replicas:
             self._set_replicas(decision.desired_replicas)
             return
-        # Scale-down: stop the chosen idle workers consuming, make them the cheapest pods to delete,
-        # then lower replicas so the ReplicaSet removes exactly those.
+        # Scale-down: cancel the chosen idle workers' consumers (they are idle, so the drain wait is
+        # over at once), give them the lowest pod-deletion-cost, then lower replicas: the ReplicaSet
+        # removes exactly those.
         workers = [
             WorkerLoad(
                 p.name,
