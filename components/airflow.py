@@ -36,6 +36,7 @@ from components.helm import pinned_release
 from components.versions import AIRFLOW_CHART, AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG, AIRFLOW_VERSION
 
 RELEASE = "airflow"
+EXECUTOR = "CeleryExecutor"
 AIRFLOW_HOME = "/opt/airflow"
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 
@@ -126,6 +127,8 @@ class AirflowArgs:
     scaling_mode: str
     min_workers: int
     max_workers: int
+    # task-aware: the longest the autoscaler waits for a worker to finish its tasks (scaling.drainTimeoutSeconds).
+    drain_timeout_seconds: int = 300
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> AirflowArgs:
@@ -143,6 +146,7 @@ class AirflowArgs:
             scaling_mode=s.mode,
             min_workers=s.min_workers,
             max_workers=s.max_workers,
+            drain_timeout_seconds=s.drain_timeout_seconds,
         )
 
 
@@ -187,13 +191,34 @@ def scaling_values(args: AirflowArgs) -> dict[str, Any]:
                 "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
             },
         }
-    # task-aware: the chart keeps a static replica count; the worker autoscaler (worker_autoscaler/, deployed
-    # from __main__.py) owns the replica count from then on.
-    # TODO(worker-autoscaler): deploy the task-aware autoscaler against WORKER_DEPLOYMENT in args.namespace.
-    return {"replicas": args.min_workers, "keda": keda_off, "hpa": hpa_off}
+    # task-aware: the worker autoscaler (components/worker_autoscaler.py) owns the replica count; the chart only
+    # sets the first one. The chart always renders `replicas` unless its KEDA or HPA is on (either would fight
+    # the autoscaler), so a Helm upgrade puts the count back to minWorkers. Pulumi upgrades the release only
+    # when its inputs change (they are deterministic), and the workers it then stops still finish their tasks:
+    # Celery's warm shutdown gets at least as long as the autoscaler's own drain (worker_grace_seconds), and the
+    # autoscaler scales back up within one poll interval.
+    return {
+        "replicas": args.min_workers,
+        "keda": keda_off,
+        "hpa": hpa_off,
+        "terminationGracePeriodSeconds": worker_grace_seconds(args.drain_timeout_seconds),
+    }
+
+
+# The chart's default grace period for a Celery worker's warm shutdown.
+CHART_WORKER_GRACE_SECONDS = 600
+
+
+def worker_grace_seconds(drain_timeout_seconds: int) -> int:
+    """Time a stopped worker gets to finish its running tasks: never less than the chart's default, and
+    always more than the autoscaler's drain timeout (plus a minute to shut down), as the last line of
+    defence when something other than the autoscaler stops a busy worker (Helm upgrade, node drain)."""
+    return max(CHART_WORKER_GRACE_SECONDS, drain_timeout_seconds + 60)
 
 
 WORKER_DEPLOYMENT = f"{RELEASE}-worker"
+# The chart's labels on worker pods (its Deployment's selector).
+WORKER_POD_LABELS = {"tier": "airflow", "component": "worker", "release": RELEASE}
 
 
 def chart_values(
@@ -225,7 +250,7 @@ def chart_values(
         }
 
     values: dict[str, Any] = {
-        "executor": "CeleryExecutor",
+        "executor": EXECUTOR,
         "defaultAirflowRepository": AIRFLOW_IMAGE_REPOSITORY,
         "defaultAirflowTag": AIRFLOW_IMAGE_TAG,
         "airflowVersion": AIRFLOW_VERSION,
