@@ -8,6 +8,7 @@ from components.config import load_stack_config
 from components.keda import Keda, KedaArgs
 from components.metrics_server import MetricsServer, MetricsServerArgs
 from components.task_namespace import TaskNamespace, TaskNamespaceArgs
+from components.worker_autoscaler import WorkerAutoscaler, WorkerAutoscalerArgs
 
 config = load_stack_config()
 cluster = create_cluster(config)
@@ -22,8 +23,11 @@ keda = Keda("keda", KedaArgs.from_stack(config), cluster)
 # Airflow, and the namespace its KubernetesPodOperator pods run in.
 tasks = TaskNamespace("airflow-tasks", TaskNamespaceArgs.from_stack(config), cluster)
 airflow = Airflow("airflow", AirflowArgs.from_stack(config), cluster, services, depends_on=[keda.release])
-# TODO(worker-autoscaler): when config.scaling.mode == "task-aware", deploy the worker autoscaler here against
-# airflow.namespace / airflow.worker_deployment (the chart keeps workers at scaling.minWorkers until then).
+
+# scaling.mode task-aware: the autoscaler that owns the Celery worker count (keda and hpa modes live in the chart).
+autoscaler = WorkerAutoscalerArgs.from_stack(config)
+if autoscaler.enabled:
+    WorkerAutoscaler("worker-autoscaler", autoscaler, cluster, airflow)
 
 pulumi.export("cloud", config.cloud)
 pulumi.export("clusterName", cluster.cluster_name)
