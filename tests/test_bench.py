@@ -319,3 +319,44 @@ def test_percentile_interpolates_linearly():
     assert percentile([10, 20, 30, 40], 50) == 25
     assert percentile([5], 95) == 5
     assert percentile([], 50) is None
+
+
+# --- the real run's own pieces ------------------------------------------------------------------------------
+
+def test_blind_removal_takes_the_newest_workers_like_a_replicaset_without_costs():
+    from bench.real import newest_first
+
+    assert newest_first(["worker-2", "worker-10", "worker-9"])[:2] == ["worker-10", "worker-9"]
+
+
+def test_kubelet_stand_in_kills_the_whole_worker_session_only_after_the_grace_period(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from bench.real import Kubelet, _running, _session_pids, live_workers
+
+    # A "worker" (session leader) with a child, like a Celery worker and its task process.
+    proc = subprocess.Popen([sys.executable, "-c", "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"],
+                            start_new_session=True)
+    try:
+        (tmp_path / "worker-1.pid").write_text(f"{proc.pid} 0")
+        time.sleep(0.5)
+        child = [int(p) for p in subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(child) == 2
+        kubelet = Kubelet(tmp_path, grace_s=0.3)
+        kubelet.tick()  # no SIGTERM yet: nothing happens
+        (tmp_path / "worker-1.stopping").touch()
+        kubelet.tick()  # SIGTERM seen now; grace not over
+        assert live_workers(tmp_path) == ["worker-1"] and kubelet.killed == []
+        time.sleep(0.4)
+        kubelet.tick()
+        assert kubelet.killed == ["worker-1"]
+        proc.wait(5)
+        time.sleep(0.2)
+        # The child died too (it may linger as a zombie until init reaps it).
+        assert not [p for p in _session_pids(proc.pid) if _running(p)]
+        assert live_workers(tmp_path) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
