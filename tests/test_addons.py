@@ -98,12 +98,16 @@ def test_keda_is_pinned_sized_and_kept_off_wildcard_rbac(run):
     assert release.name in airflow.options["dependsOn"]
 
 
+def in_namespace(resources, namespace):
+    # Other components (the worker autoscaler) have Roles of their own in other namespaces.
+    return [r for r in resources if r.inputs["metadata"]["namespace"] == namespace]
+
+
 def test_task_namespace_role_grants_exactly_what_kpo_uses(run):
     cfg = stack_config(run.stack)
     namespaces = [r.inputs["metadata"]["name"] for r in run.by_type("kubernetes:core/v1:Namespace")]
     assert cfg.airflow.task_namespace in namespaces
-    (role,) = run.by_type(ROLE)
-    assert role.inputs["metadata"]["namespace"] == cfg.airflow.task_namespace
+    (role,) = in_namespace(run.by_type(ROLE), cfg.airflow.task_namespace)
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role.inputs["rules"]}
     assert rules == {
         (("",), ("pods",)): {"create", "get", "list", "watch", "patch", "delete"},
@@ -116,8 +120,9 @@ def test_task_namespace_role_grants_exactly_what_kpo_uses(run):
 
 def test_role_is_bound_to_the_worker_and_triggerer_only(run):
     cfg = stack_config(run.stack)
-    (role,) = run.by_type(ROLE)
-    bindings = run.by_type(ROLE_BINDING)
+    (role,) = in_namespace(run.by_type(ROLE), cfg.airflow.task_namespace)
+    bindings = in_namespace(run.by_type(ROLE_BINDING), cfg.airflow.task_namespace)
+    assert bindings
     subjects = set()
     for binding in bindings:
         assert binding.inputs["metadata"]["namespace"] == cfg.airflow.task_namespace

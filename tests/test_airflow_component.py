@@ -256,11 +256,15 @@ def test_dags_from_git_sync_when_a_repo_is_set():
 def test_example_dags_ship_in_a_configmap_mounted_as_the_dag_folder(run):
     cfg = stack_config(run.stack)
     v = values(run)
+    # The worker autoscaler ships its source in a ConfigMap of its own.
+    dag_configmaps = [
+        r for r in run.by_type("kubernetes:core/v1:ConfigMap") if r.parent == "airflow-on-k8s:airflow:Airflow::airflow"
+    ]
     if cfg.airflow.git_sync.repo:
         assert v["dags"]["gitSync"]["enabled"] is True
-        assert run.by_type("kubernetes:core/v1:ConfigMap") == [] and "volumes" not in v
+        assert dag_configmaps == [] and "volumes" not in v
         return
-    (configmap,) = run.by_type("kubernetes:core/v1:ConfigMap")
+    (configmap,) = dag_configmaps
     assert configmap.inputs["data"] == example_dag_files()
     assert v["volumes"] == [{"name": "example-dags", "configMap": {"name": configmap.inputs["metadata"]["name"]}}]
     assert v["volumeMounts"] == [{"name": "example-dags", "mountPath": "/opt/airflow/dags", "readOnly": True}]
