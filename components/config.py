@@ -289,6 +289,8 @@ class ScalingConfig(_Model):
     """task-aware: least time between two scale-downs (no yo-yo)."""
     drain_timeout_seconds: int = Field(default=300, ge=10, le=86400)
     """task-aware: longest wait for a worker chosen for removal to finish its tasks; then it is kept."""
+    drain_settle_seconds: int = Field(default=2, ge=0, le=60)
+    """task-aware: wait after cancelling a worker's consumer before trusting that it is idle."""
     per_queue_ceiling: bool = False
     """task-aware: size each queue on its own and add up (for workers whose slots do not mix queues)."""
 
@@ -338,6 +340,7 @@ class ScalingConfig(_Model):
             f"--scale-down-max-step={self.scale_down_max_step}",
             f"--scale-down-cooldown-s={self.scale_down_cooldown_seconds}",
             f"--drain-timeout-s={self.drain_timeout_seconds}",
+            f"--drain-settle-s={self.drain_settle_seconds}",
             f"--per-queue-ceiling={str(self.per_queue_ceiling).lower()}",
         ]
 

@@ -56,6 +56,7 @@ def build_controller(settings: Settings):
         poll_interval_s=settings.poll_interval_s,
         drain_timeout_s=settings.drain_timeout_s,
         drain_poll_s=settings.drain_poll_s,
+        drain_settle_s=settings.drain_settle_s,
         hostname_template=settings.hostname_template,
     )
     # Live while iterations keep coming (a drain may legitimately take drain_timeout_s); ready after a good one.

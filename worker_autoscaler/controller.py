@@ -10,8 +10,9 @@ One iteration (`run_once`), only while holding the leader lock:
 4. up: set replicas. down (safe):
    a. rank the idle workers (not-ready first) and pick the cheapest `n`;
    b. `cancel_consumer` on them, confirmed by their queue list, so they take no new task;
-   c. wait until they hold no active or reserved task (a task may have slipped in before the cancel),
-      at most `drain_timeout_s`; abort and `add_consumer` back if the load rises, or the lock is lost;
+   c. after `drain_settle_s` (for a message fetched just before the cancel), wait until they hold no
+      active or reserved task (a task may have slipped in before the cancel), at most `drain_timeout_s`;
+      abort and `add_consumer` back if the load rises, the lock is lost or the controller stops;
    d. mark exactly the drained workers (pod-deletion-cost) and lower replicas by their number.
 
 Fails safe: with the DB unreachable, decisions use the last good load and may only scale up; with Celery
@@ -58,6 +59,9 @@ class ControllerConfig:
     poll_interval_s: float = 10.0
     drain_timeout_s: float = 300.0
     drain_poll_s: float = 2.0
+    # After the cancel is confirmed, a message the worker fetched just before it may still be on its way to
+    # `reserved`; wait this long before trusting "idle" (the race KEDA-style scale-downs lose).
+    drain_settle_s: float = 2.0
     removal_wait_s: float = 30.0  # how long to watch removed workers start terminating
     hostname_template: str = "celery@{pod}"
     max_backoff_s: float = 120.0
@@ -220,6 +224,7 @@ class Controller:
         hosts = [self.hostnames.hostname(n) for n in chosen if n in states]
         started = self._clock()
         self.metrics.drains.set(len(chosen))
+        log.info("draining %s for removal", chosen)
         try:
             confirmed = self.celery.cancel_consumer(hosts, self.config.queues) if hosts else set()
             unconfirmed = [h for h in hosts if h not in confirmed]
@@ -247,6 +252,9 @@ class Controller:
                 return False
 
             drain_hosts = [self.hostnames.hostname(n) for n in chosen if n in states]
+            if drain_hosts:
+                log.info("consumers cancelled on %s; waiting for them to be idle", chosen)
+                self.stop.wait(self.config.drain_settle_s)
             idle, pending = self.celery.wait_until_idle(
                 drain_hosts, timeout_s=self.config.drain_timeout_s, poll_s=self.config.drain_poll_s,
                 abort=should_abort,

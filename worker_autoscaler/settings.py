@@ -59,6 +59,7 @@ class Settings(BaseModel):
     poll_interval_s: float = Field(default=10.0, gt=0)
     drain_timeout_s: float = Field(default=300.0, gt=0)
     drain_poll_s: float = Field(default=2.0, gt=0)
+    drain_settle_s: float = Field(default=2.0, ge=0)
     # Actuator
     actuator: Literal["kubernetes", "local"] = "kubernetes"
     namespace: str = "airflow"
@@ -144,6 +145,7 @@ _FLAGS: list[tuple[str, type, str | None, str]] = [
     ("poll-interval-s", float, None, "seconds between loop iterations"),
     ("drain-timeout-s", float, None, "longest wait for a cancelled worker to finish its tasks"),
     ("drain-poll-s", float, None, "seconds between drain checks"),
+    ("drain-settle-s", float, None, "wait after cancel_consumer before trusting that a worker is idle"),
     ("actuator", str, None, "kubernetes (a Deployment) or local (worker processes)"),
     ("namespace", str, None, "namespace of the worker Deployment and the Lease"),
     ("deployment", str, None, "worker Deployment name"),

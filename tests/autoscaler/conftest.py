@@ -11,8 +11,11 @@ import gc
 import itertools
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,33 @@ import pytest
 from tools.local_services import PostgresServer, RedisServer, airflow_env, migrate_airflow_db, postgres_server, redis_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class _TempDirs:
+    """Temp dirs under one root that lives as long as this session. Replaces pytest's tmp_path machinery for
+    these tests: other pytest sessions on the same machine prune /tmp/pytest-of-<user>/ and deleted the
+    state dirs of workers and controllers while these long tests still used them."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="autoscaler-tests-"))
+        self._n = itertools.count()
+
+    def mktemp(self, name: str, numbered: bool = True) -> Path:
+        path = self.root / (f"{name}{next(self._n)}" if numbered else name)
+        path.mkdir(parents=True)
+        return path
+
+
+@pytest.fixture(scope="session")
+def tmp_path_factory() -> Iterator[_TempDirs]:
+    dirs = _TempDirs()
+    yield dirs
+    shutil.rmtree(dirs.root, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path(tmp_path_factory, request) -> Path:
+    return tmp_path_factory.mktemp(re.sub(r"\W", "_", request.node.name)[:40])
 TEMPLATE_DB = "airflow_template"
 _db_names = itertools.count(1)
 _redis_dbs = itertools.count(0, 2)
@@ -49,10 +79,11 @@ def redis() -> Iterator[RedisServer]:
         yield server
 
 
-def seed_task_instances(db_url: str, airflow_home: Path, dags_folder: Path, dag_id: str, runs: dict, executor: str) -> None:
+def seed_task_instances(db_url: str, airflow_home: Path, dags_folder: Path, dag_id: str, runs: dict, executor: str,
+                        unpause: bool = False, env: dict | None = None) -> None:
     """Create DAG runs and task instances with Airflow's own code (see airflow_seed.py)."""
-    env = airflow_env(db_url, airflow_home, CORE__EXECUTOR=executor, CORE__DAGS_FOLDER=str(dags_folder))
-    spec = {"dags_folder": str(dags_folder), "dag_id": dag_id, "runs": runs}
+    env = env or airflow_env(db_url, airflow_home, CORE__EXECUTOR=executor, CORE__DAGS_FOLDER=str(dags_folder))
+    spec = {"dags_folder": str(dags_folder), "dag_id": dag_id, "runs": runs, "unpause": unpause}
     result = subprocess.run(
         [sys.executable, "-m", "tests.autoscaler.airflow_seed", json.dumps(spec)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
@@ -138,8 +169,19 @@ def celery_env(redis, tmp_path) -> Iterator[CeleryEnv]:
     try:
         yield CeleryEnv(broker, env, actuator, control, sender, state)
     finally:
-        LocalProcessActuator(state, plain_worker_command, env=env).stop_all(timeout_s=20)
+        LocalProcessActuator(state, plain_worker_command, env=env).kill_all()
         control.close()
         # Drop result objects while Redis is still up: their __del__ unsubscribes from it.
         gc.collect()
         sender.app.close()
+
+
+@pytest.fixture(scope="session")
+def stack(pg_server, redis, tmp_path_factory):
+    """A running Airflow (API server + scheduler, CeleryExecutor) on its own database and Redis DB 50."""
+    from tests.autoscaler.airflow_stack import CONCURRENCY, AirflowStack
+
+    pg_server.create_database("airflow_e2e", template=TEMPLATE_DB)
+    s = AirflowStack(pg_server, "airflow_e2e", redis, 50, tmp_path_factory.mktemp("airflow-e2e"), CONCURRENCY).start()
+    yield s
+    s.stop()

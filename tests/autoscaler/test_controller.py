@@ -52,7 +52,7 @@ def make_controller(load_db, celery_env, pg_server):
         signal = AirflowDbSignal(url, ExecutorFilter.from_airflow_setting("CeleryExecutor"), include_queues=["default"],
                                  connect_timeout_s=2)
         config = ControllerConfig(**{"queues": ("default",), "drain_timeout_s": 20, "drain_poll_s": 0.3,
-                                     "removal_wait_s": 5, **loop})
+                                     "drain_settle_s": 0.5, "removal_wait_s": 5, **loop})
         controller = Controller(
             ScalingPolicy(policy), signal, celery_env.control, actuator or celery_env.actuator,
             lock or FileLeaderLock(celery_env.state_dir / "leader.lock"), config,
@@ -111,7 +111,7 @@ def test_drain_is_undone_when_a_task_slips_in_and_load_rises_or_it_times_out(mak
     assert queues_of(celery_env, w) == ("default",)
 
     # Load rises during the drain: abort at once, consumer restored.
-    controller.config = ControllerConfig(queues=("default",), drain_timeout_s=30, drain_poll_s=0.3)
+    controller.config = ControllerConfig(queues=("default",), drain_timeout_s=30, drain_poll_s=0.3, drain_settle_s=0.5)
     threading.Timer(1.0, load, args=(pg_server, load_db), kwargs={"running": 1}).start()
     started = time.monotonic()
     result = controller.scale_down(1, live, stale, Decision(0, 0, "test"))

@@ -27,7 +27,7 @@ def test_stack_scaling_section_becomes_the_same_policy_in_the_autoscaler():
     scaling = ScalingConfig(min_workers=1, max_workers=20, target_load_factor=0.8, queues=["default", "etl"],
                             scale_down_stabilization_seconds=300, scale_down_cooldown_seconds=90, scale_up_max_step=4,
                             scale_down_max_step=2, poll_interval_seconds=15, drain_timeout_seconds=600,
-                            per_queue_ceiling=True)
+                            drain_settle_seconds=5, per_queue_ceiling=True)
     settings, once = settings_from_args([*CONN, *scaling.autoscaler_args(worker_concurrency=8)], environ={})
     assert not once
     assert settings.policy_config() == PolicyConfig(
@@ -35,7 +35,8 @@ def test_stack_scaling_section_becomes_the_same_policy_in_the_autoscaler():
         scale_down_stabilization_s=300, scale_up_max_step=4, scale_down_max_step=2, scale_down_cooldown_s=90,
         per_queue_ceiling=True,
     )
-    assert (settings.queues, settings.poll_interval_s, settings.drain_timeout_s) == (("default", "etl"), 15, 600)
+    assert (settings.queues, settings.poll_interval_s, settings.drain_timeout_s, settings.drain_settle_s) == (
+        ("default", "etl"), 15, 600, 5)
 
 
 @pytest.mark.parametrize(
@@ -122,4 +123,4 @@ def test_cli_once_with_the_local_actuator_starts_airflow_workers_for_the_load(pg
         workers = LocalProcessActuator(state, airflow_worker_command(2))
         assert workers.alive() == ["worker-1", "worker-2"]
     finally:
-        LocalProcessActuator(state, airflow_worker_command(2)).stop_all(timeout_s=15)
+        LocalProcessActuator(state, airflow_worker_command(2)).kill_all()

@@ -8,7 +8,8 @@ tasks and exits once its running tasks are done.
 Everything the actuator knows lives in `state_dir` (a pid file per worker, marker files), so a restarted
 controller finds the workers it started before, like a controller re-listing pods:
 
-    <name>.pid       the worker's main pid (removed once the process is gone)
+    <name>.pid       the worker's main pid and start time (removed once the process is gone); the start time
+                     tells a recycled pid apart (Celery rewrites its process title, so the command line cannot)
     <name>.marked    chosen for removal (the stand-in for a pod-deletion-cost annotation)
     <name>.stopping  SIGTERM sent (the stand-in for a pod's deletionTimestamp)
     leader.lock      `FileLeaderLock`, the stand-in for the Kubernetes Lease: an exclusive flock held by
@@ -50,15 +51,15 @@ def airflow_worker_command(
     return command
 
 
-def _process_alive(pid: int, name: str) -> bool:
-    """Running (not a zombie) and still our worker, not a recycled pid."""
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot), or None if no such running process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X") and name in cmdline
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3 of stat); starttime is field 22, i.e. fields[19].
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 class LocalProcessActuator:
@@ -83,18 +84,23 @@ class LocalProcessActuator:
 
     # --- what exists ----------------------------------------------------------------------------------------------
 
-    def _pid(self, name: str) -> int | None:
+    def _pid_record(self, name: str) -> tuple[int, str] | None:
         try:
-            return int((self.state_dir / f"{name}.pid").read_text())
+            pid, started = (self.state_dir / f"{name}.pid").read_text().split()
+            return int(pid), started
         except (OSError, ValueError):
             return None
+
+    def _pid(self, name: str) -> int | None:
+        record = self._pid_record(name)
+        return record[0] if record else None
 
     def _alive(self, name: str) -> bool:
         child = self._children.get(name)
         if child is not None:
             return child.poll() is None  # poll() also reaps an exited child
-        pid = self._pid(name)
-        return pid is not None and _process_alive(pid, name)
+        record = self._pid_record(name)
+        return record is not None and _start_time(record[0]) == record[1]
 
     def _forget_dead(self) -> list[str]:
         alive = []
@@ -146,7 +152,7 @@ class LocalProcessActuator:
         )
         log.close()
         self._children[name] = child
-        (self.state_dir / f"{name}.pid").write_text(str(child.pid))
+        (self.state_dir / f"{name}.pid").write_text(f"{child.pid} {_start_time(child.pid)}")
         return name
 
     def set_replicas(self, replicas: int) -> None:
@@ -188,6 +194,17 @@ class LocalProcessActuator:
                 return True
             time.sleep(0.2)
         return False
+
+    def kill_all(self) -> None:
+        """SIGKILL every worker's process group (test teardown, when nothing they run matters any more)."""
+        for name in self.alive():
+            pid = self._pid(name)
+            if pid is not None:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.wait_gone(self.alive(), 10)
 
     def stop_all(self, timeout_s: float = 30) -> None:
         """Warm-shut-down every worker; SIGKILL the process groups of those still running after `timeout_s`."""
