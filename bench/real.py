@@ -336,7 +336,31 @@ def write_results(runs: list[RealRun], out: Path) -> None:
         )
     lines += ["", "Durations scaled down for the run (deployed value -> here, seconds):", ""]
     lines += [f"- {k} -> {v}" for k, v in REAL_TIMES.items()]
+    lines += ["", "![real run](real.png)"]
     (out / "real.md").write_text("\n".join(lines) + "\n")
+    plot_real(runs, out / "real.png")
+
+
+def plot_real(runs: list[RealRun], path: Path) -> None:
+    """Worker processes and running tasks over time, one column per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 3.5), sharey=True, squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        t = [row[0] for row in run.timeline]
+        ax.step(t, [row[1] for row in run.timeline], where="post", label="worker processes", color="tab:blue")
+        ax.step(t, [row[2] for row in run.timeline], where="post", label="running tasks", color="tab:orange")
+        outcome = f"makespan {run.makespan_s} s" if run.makespan_s is not None else f"{run.failed_tasks} failed"
+        ax.set_title(f"{run.mode}: {run.evicted_tasks} evicted, {outcome}", fontsize=10)
+        ax.set_xlabel("seconds since the DAG run was triggered")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, metadata={"Software": None})
+    plt.close(fig)
 
 
 def main(out: Path) -> int:

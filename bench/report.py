@@ -125,6 +125,8 @@ def write_table(summary: dict[str, Any], path: Path) -> None:
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    if (path.parent / "real.md").exists():
+        lines += ["## Real run", "", "On real Airflow, Celery, PostgreSQL and Redis (local processes): [real.md](real.md).", ""]
     path.write_text("\n".join(lines))
 
 
