@@ -69,3 +69,19 @@ def test_config_reference_lists_every_key_with_a_description():
         assert key in keys
     undocumented = [key for key, meaning in keys.items() if not meaning]
     assert not undocumented, f"add a docstring under these fields in components/config.py: {undocumented}"
+
+
+def test_readme_benchmark_table_matches_the_committed_results():
+    import json
+
+    summary = json.loads((REPO / "bench/results/summary.json").read_text())["scenarios"]["seed-000"]
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("<!-- bench-seed-000 -->")[1].split("<!-- /bench-seed-000 -->")[0]
+    rows = [line.strip("|").split("|") for line in table.strip().splitlines()[2:]]
+    assert {r[0].strip() for r in rows} == set(summary)
+    for mode, makespan_min, max_replicas, pod_minutes, evicted in ([c.strip() for c in r] for r in rows):
+        figures = summary[mode]
+        assert float(makespan_min) == round(figures["makespan_s"] / 60, 1), mode
+        assert int(max_replicas) == figures["max_replicas"], mode
+        assert float(pod_minutes) == round(figures["worker_pod_minutes"], 1), mode
+        assert int(evicted) == figures["evicted_tasks"], mode
