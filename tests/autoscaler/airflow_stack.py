@@ -55,6 +55,10 @@ class AirflowStack:
             # A task whose worker died is failed (and retried) after 20 s instead of 5 minutes.
             SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",
             SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="5",
+            # A scheduler that died in a DB outage leaves its running tasks to the restarted one: adopt them
+            # within seconds, not 5 minutes, so the heartbeat timeout above applies to them too.
+            SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD="10",
+            SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL="10",
             # Running tasks ride out the short DB outages of the fault tests (default: 3 x 5 s).
             WORKERS__MAX_FAILED_HEARTBEATS="12",
             LOGGING__LOGGING_LEVEL="INFO",
@@ -104,6 +108,18 @@ class AirflowStack:
                 cur.execute("SELECT task_id, state, try_number, hostname FROM task_instance "
                             "WHERE dag_id = %s AND run_id = %s ORDER BY task_id", (dag_id, run_id))
                 return cur.fetchall()
+        finally:
+            conn.close()
+
+    def earlier_tries(self, dag_id: str, run_id: str) -> list[tuple[str, int, str | None, float | None]]:
+        """(task_id, try_number, state, ended at [epoch s]) of tries that were retried (task_instance_history)."""
+        conn = psycopg2.connect(self.pg.dsn(self.database))
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT task_id, try_number, state, EXTRACT(EPOCH FROM COALESCE(end_date, updated_at)) "
+                            "FROM task_instance_history WHERE dag_id = %s AND run_id = %s ORDER BY task_id, try_number",
+                            (dag_id, run_id))
+                return [(t, n, st, float(e) if e is not None else None) for t, n, st, e in cur.fetchall()]
         finally:
             conn.close()
 
