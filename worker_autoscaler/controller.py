@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from worker_autoscaler.actuators import Actuator, LeaderLock, WorkerPod
 from worker_autoscaler.metrics import Health, Metrics
@@ -45,7 +46,7 @@ from worker_autoscaler.signals.celery_inspect import CeleryWorkers, HostnameTemp
 log = logging.getLogger("worker_autoscaler")
 
 
-class LoadSignal:
+class LoadSignal(Protocol):
     """What the controller needs from a load source (AirflowDbSignal satisfies it)."""
 
     source: str
@@ -160,7 +161,7 @@ class Controller:
         loads, fresh = self._read_load()
         try:
             replicas = self.actuator.get_replicas()
-            workers = [w for w in self.actuator.list_workers()]
+            workers = self.actuator.list_workers()
         except Exception as err:
             self.metrics.errors.labels("actuator").inc()
             log.warning("cannot read workers: %s", err)
