@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 ## Offline preview of a stack (default aws-dev): what `pulumi up` would create, no cloud needed.
 preview:
 	./scripts/bootstrap.sh
-	.venv/bin/python -m tools.preview $(STACK)
+	.venv/bin/python -m airflow_on_k8s.tools.preview $(STACK)
 
 ## The whole test suite, with the PostgreSQL/Redis binaries the tests start on their own.
 test:

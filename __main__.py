@@ -2,13 +2,13 @@
 
 import pulumi
 
-from components.airflow import Airflow, AirflowArgs
-from components.clusters import create_cloud_services, create_cluster
-from components.config import load_stack_config
-from components.keda import Keda, KedaArgs
-from components.metrics_server import MetricsServer, MetricsServerArgs
-from components.task_namespace import TaskNamespace, TaskNamespaceArgs
-from components.worker_autoscaler import WorkerAutoscaler, WorkerAutoscalerArgs
+from airflow_on_k8s.airflow.component import Airflow, AirflowArgs
+from airflow_on_k8s.clusters import create_cloud_services, create_cluster
+from airflow_on_k8s.config import load_stack_config
+from airflow_on_k8s.addons.keda import Keda, KedaArgs
+from airflow_on_k8s.addons.metrics_server import MetricsServer, MetricsServerArgs
+from airflow_on_k8s.airflow.task_namespace import TaskNamespace, TaskNamespaceArgs
+from airflow_on_k8s.airflow.worker_autoscaler import WorkerAutoscaler, WorkerAutoscalerArgs
 
 config = load_stack_config()
 cluster = create_cluster(config)

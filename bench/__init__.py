@@ -2,6 +2,6 @@
 
 `bench.sim` is a discrete-event model of the Celery worker Deployment, its ReplicaSet, the task node
 pool and the Cluster Autoscaler; `bench.hpa`, `bench.keda` and `bench.replicaset` are ports of the
-upstream decision rules; the task-aware mode runs the project's real `worker_autoscaler.policy`.
+upstream decision rules; the task-aware mode runs the project's real `airflow_on_k8s.autoscaler.policy`.
 `python -m bench.scaling` runs every scenario and writes bench/results/ (see bench/README.md).
 """

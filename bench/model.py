@@ -6,13 +6,13 @@ repeats the fit. Values marked *assumption* are typical figures we could not pin
 Everything else is an upstream default (with the file or page it comes from) or read from this
 project's own code, so the benchmark follows the project when it changes:
 
-* components/airflow.py `scaling_values()` -> the HPA target and behavior, KEDA's pollingInterval,
+* airflow_on_k8s/airflow/component.py `scaling_values()` -> the HPA target and behavior, KEDA's pollingInterval,
   cooldownPeriod and HPA behavior; `worker_resources()` -> the worker pod's CPU request (no CPU limit);
-* components/config.py -> min/max workers, worker_concurrency, both pools' sizes, the Cluster
+* airflow_on_k8s/config.py -> min/max workers, worker_concurrency, both pools' sizes, the Cluster
   Autoscaler timers, and the task-aware autoscaler's policy and poll interval (through its own
-  command line: ScalingConfig.autoscaler_args -> worker_autoscaler.settings).
+  command line: ScalingConfig.autoscaler_args -> airflow_on_k8s.autoscaler.settings).
 
-Where things run (components/airflow.py): Celery workers on the system pool (no taint), the
+Where things run (airflow_on_k8s/airflow/component.py): Celery workers on the system pool (no taint), the
 KubernetesPodOperator (KPO) pods of tasks on the tainted task pool, which scales from zero.
 """
 
@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from components.airflow import AirflowArgs, scaling_values, worker_resources
-from components.config import ClusterAutoscalerConfig, ScalingConfig, _duration_seconds, parse_stack_config
-from worker_autoscaler.policy import PolicyConfig
-from worker_autoscaler.settings import settings_from_args
+from airflow_on_k8s.airflow.component import AirflowArgs, scaling_values, worker_resources
+from airflow_on_k8s.config import ClusterAutoscalerConfig, ScalingConfig, _duration_seconds, parse_stack_config
+from airflow_on_k8s.autoscaler.policy import PolicyConfig
+from airflow_on_k8s.autoscaler.settings import settings_from_args
 
 from bench.hpa import DEFAULT_BEHAVIOR, Behavior, HpaControllerFlags, ScalingPolicy, ScalingRules
 from bench.keda import KedaParams
@@ -112,7 +112,7 @@ class NodePool:
     provision_s: float = 90.0
     scan_interval_s: float = 10.0  # CA --scan-interval default
     # CA --scale-down-unneeded-time / --scale-down-delay-after-add: the project's defaults
-    # (components/config.py ClusterAutoscalerConfig); stock CA uses 10m for both (STOCK_CA below).
+    # (airflow_on_k8s/config.py ClusterAutoscalerConfig); stock CA uses 10m for both (STOCK_CA below).
     scale_down_unneeded_s: float = float(_duration_seconds(ClusterAutoscalerConfig().scale_down_unneeded_time))
     scale_down_delay_after_add_s: float = float(_duration_seconds(ClusterAutoscalerConfig().scale_down_delay_after_add))
 
@@ -204,7 +204,7 @@ def _millicores(quantity: str) -> float:
 
 
 def project_setup() -> Setup:
-    """The project as it deploys by default (components/config.py defaults, components/airflow.py values)."""
+    """The project as it deploys by default (airflow_on_k8s/config.py defaults, airflow_on_k8s/airflow/component.py values)."""
     config = parse_stack_config({"cloud": "local"})
     values = {
         mode: scaling_values(AirflowArgs.from_stack(parse_stack_config({"cloud": "local", "scaling": {"mode": mode}})))

@@ -1,6 +1,6 @@
 """`python -m bench.scaling --real`: the comparison on real Airflow 3, Celery, PostgreSQL and Redis.
 
-What runs, all on this machine: PostgreSQL and Redis (tools/local_services.py), Airflow's api-server
+What runs, all on this machine: PostgreSQL and Redis (airflow_on_k8s/testing/local_services.py), Airflow's api-server
 (execution API) and scheduler with the CeleryExecutor (tests/autoscaler/airflow_stack.py, the
 autoscaler's end-to-end harness, reused rather than duplicated), and `airflow celery worker`
 processes started and stopped by the local-process actuator. The same DAG runs twice:
@@ -9,7 +9,7 @@ processes started and stopped by the local-process actuator. The same DAG runs t
   concurrency), through this package's port of the HPA rules with the project's KEDA scale-down
   behavior; removal is blind: the newest workers get SIGTERM, which is what a ReplicaSet does when no
   pod carries a pod-deletion-cost.
-* `task-aware`: `python -m worker_autoscaler --actuator local`, the project's real controller and policy.
+* `task-aware`: `python -m airflow_on_k8s.autoscaler --actuator local`, the project's real controller and policy.
 
 In both, a kubelet stand-in SIGKILLs a removed worker's whole process session once its grace period
 is over (terminationGracePeriodSeconds): tasks still running die, Airflow notices the missing
@@ -149,11 +149,11 @@ class BlindKedaLike:
 
     def __init__(self, db_url: str, actuator):
         from bench.hpa import DEFAULT_BEHAVIOR, Behavior, HorizontalController, ScalingPolicy, ScalingRules
-        from worker_autoscaler.signals.airflow_db import AirflowDbSignal, ExecutorFilter
+        from airflow_on_k8s.autoscaler.signals.airflow_db import AirflowDbSignal, ExecutorFilter
 
         self.load = AirflowDbSignal(db_url, ExecutorFilter.from_airflow_setting("CeleryExecutor"))
         self.actuator = actuator
-        # The project's KEDA behavior (components/airflow.py), time-scaled: 1 pod per period after the window.
+        # The project's KEDA behavior (airflow_on_k8s/airflow/component.py), time-scaled: 1 pod per period after the window.
         scale_down = ScalingRules((ScalingPolicy("Pods", 1, DOWN_PERIOD_S),), DOWN_WINDOW_S)
         self.hpa = HorizontalController(MIN_WORKERS, MAX_WORKERS, behavior=Behavior(DEFAULT_BEHAVIOR.scale_up, scale_down))
 
@@ -198,8 +198,8 @@ class RunawayWorkers(RuntimeError):
 
 def run_mode(mode: str, pg, redis, redis_db: int, work: Path) -> RealRun:
     from tests.autoscaler.airflow_stack import AirflowStack
-    from worker_autoscaler.actuators.local_processes import LocalProcessActuator, airflow_worker_command
-    from worker_autoscaler.signals.celery_inspect import CeleryWorkers
+    from airflow_on_k8s.autoscaler.actuators.local_processes import LocalProcessActuator, airflow_worker_command
+    from airflow_on_k8s.autoscaler.signals.celery_inspect import CeleryWorkers
 
     database = f"bench_{mode.replace('-', '_')}"
     pg.create_database(database, template="airflow")
@@ -228,7 +228,7 @@ def run_mode(mode: str, pg, redis, redis_db: int, work: Path) -> RealRun:
             ]  # fmt: skip
             log = open(work / mode / "controller.log", "ab")
             controller_proc = subprocess.Popen(
-                [sys.executable, "-m", "worker_autoscaler", *args], env=stack.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "airflow_on_k8s.autoscaler", *args], env=stack.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
             )
             log.close()
         else:
@@ -366,7 +366,7 @@ def plot_real(runs: list[RealRun], path: Path) -> None:
 def main(out: Path) -> int:
     import tempfile
 
-    from tools.local_services import migrate_airflow_db, postgres_server, redis_server
+    from airflow_on_k8s.testing.local_services import migrate_airflow_db, postgres_server, redis_server
 
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp, postgres_server("airflow") as pg, redis_server() as redis:
         work = Path(tmp)

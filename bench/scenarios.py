@@ -4,7 +4,7 @@
 CPU each, worker_concurrency 2, 500m workers, nodes already there, HPA at 60 % CPU (min 1, max 10),
 KEDA with the chart's query. The others run the project as it deploys (bench.model.project_setup):
 workers on the system pool, KubernetesPodOperator pods on the task pool from zero, min 1 / max 10
-workers for every mode, each mode configured as components/airflow.py configures it.
+workers for every mode, each mode configured as airflow_on_k8s/airflow/component.py configures it.
 
 Task kinds: `celery` tasks compute inside the worker (CPU the HPA can see, like the seed's);
 `kpo` tasks run a pod on the task pool while the worker slot waits (almost no worker CPU).

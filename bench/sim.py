@@ -21,7 +21,7 @@ What is simulated (parameters and their sources in bench/model.py):
   (ready after the provisioning delay) and removes nodes empty for the unneeded time, not within
   delay-after-add of a scale-up; nodes are billed from launch to removal.
 * The autoscaler: the HPA on CPU (`bench.hpa`), KEDA feeding an HPA (`bench.keda`), or the task-aware
-  controller deciding with the project's real `worker_autoscaler.policy`.
+  controller deciding with the project's real `airflow_on_k8s.autoscaler.policy`.
 
 Not modelled: CA consolidation of under-used nodes (it would also evict busy workers), API latencies,
 the Airflow scheduler's loop time, broker or database outages.
@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from worker_autoscaler.policy import (
+from airflow_on_k8s.autoscaler.policy import (
     INT32_MAX,
     Observation,
     QueueLoad,
@@ -661,7 +661,7 @@ class Simulation:
             self._set_replicas(target)
 
     def _task_aware_poll(self) -> None:
-        """One iteration of worker_autoscaler.controller: cleanup, decide, scale up or drain-then-remove."""
+        """One iteration of airflow_on_k8s.autoscaler.controller: cleanup, decide, scale up or drain-then-remove."""
         active = [p for p in self.pods if p.active]
         for pod in active:  # cleanup: a worker left cancelled and marked is restored
             pod.consumer_cancelled, pod.deletion_cost = False, 0

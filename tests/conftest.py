@@ -1,4 +1,4 @@
-"""Shared fixtures. Pulumi programs run under the mock runtime (tools.mock_runtime); one run per stack per session."""
+"""Shared fixtures. Pulumi programs run under the mock runtime (airflow_on_k8s.testing.mock_runtime); one run per stack per session."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from tools.mock_runtime import ProgramRun, run_program
+from airflow_on_k8s.testing.mock_runtime import ProgramRun, run_program
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from components.airflow import TRIGGERER_SERVICE_ACCOUNT, WORKER_SERVICE_ACCOUNT
-from components.config import PROJECT, StackConfig, parse_stack_config
-from components.metrics_server import MetricsServerArgs
-from components.task_namespace import DEFAULT_REQUEST, POD_LAUNCHER_RULES, QUOTA_PER_TASK_NODE
-from components.versions import KEDA_CHART, METRICS_SERVER_CHART
+from airflow_on_k8s.airflow.component import TRIGGERER_SERVICE_ACCOUNT, WORKER_SERVICE_ACCOUNT
+from airflow_on_k8s.config import PROJECT, StackConfig, parse_stack_config
+from airflow_on_k8s.addons.metrics_server import MetricsServerArgs
+from airflow_on_k8s.airflow.task_namespace import DEFAULT_REQUEST, POD_LAUNCHER_RULES, QUOTA_PER_TASK_NODE
+from airflow_on_k8s.versions import KEDA_CHART, METRICS_SERVER_CHART
 from tests.conftest import program_run
-from tools.mock_runtime import ProgramRun, available_stacks, read_stack_config
+from airflow_on_k8s.testing.mock_runtime import ProgramRun, available_stacks, read_stack_config
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 ROLE = "kubernetes:rbac.authorization.k8s.io/v1:Role"

@@ -16,9 +16,9 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
 import pytest  # noqa: E402
 
-from airflow_settings import render_local_settings  # noqa: E402
-from components import airflow as component  # noqa: E402
-from components.airflow import (  # noqa: E402
+from airflow_on_k8s.airflow.local_settings import render_local_settings  # noqa: E402
+from airflow_on_k8s.airflow import component  # noqa: E402
+from airflow_on_k8s.airflow.component import (  # noqa: E402
     RESOURCES,
     SecretNames,
     AirflowArgs,
@@ -26,12 +26,12 @@ from components.airflow import (  # noqa: E402
     example_dag_files,
     kpo_connection,
 )
-from components.config import parse_stack_config  # noqa: E402
-from components.task_pool import TASK_POOL  # noqa: E402
-from components.versions import AIRFLOW_CHART, AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG, AIRFLOW_VERSION  # noqa: E402
+from airflow_on_k8s.config import parse_stack_config  # noqa: E402
+from airflow_on_k8s.task_pool import TASK_POOL  # noqa: E402
+from airflow_on_k8s.versions import AIRFLOW_CHART, AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG, AIRFLOW_VERSION  # noqa: E402
 from tests.conftest import program_run  # noqa: E402
 from tests.test_addons import stack_config  # noqa: E402
-from tools.mock_runtime import ProgramRun, available_stacks  # noqa: E402
+from airflow_on_k8s.testing.mock_runtime import ProgramRun, available_stacks  # noqa: E402
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 SECRET = "kubernetes:core/v1:Secret"
@@ -230,7 +230,7 @@ def test_database_bundled_or_managed_behind_pgbouncer(run):
 
 
 def test_managed_database_on_a_local_cluster_is_refused():
-    from components.cluster import NoCloudServices
+    from airflow_on_k8s.contract import NoCloudServices
 
     with pytest.raises(ValueError, match="airflow.database.*set airflow.database to bundled"):
         NoCloudServices().postgres("airflow-db", parent=None)

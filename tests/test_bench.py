@@ -277,7 +277,7 @@ def test_stock_cluster_autoscaler_keeps_task_nodes_longer():
     tasks = [TaskSpec(0.0, 300.0, kind="kpo") for _ in range(6)]
     project = simulate(setup, tasks, "task-aware", 3600)
     stock = simulate(setup.with_stock_ca(), tasks, "task-aware", 3600)
-    assert setup.task_pool.scale_down_unneeded_s == 180  # components/config.py's default, 3m
+    assert setup.task_pool.scale_down_unneeded_s == 180  # airflow_on_k8s/config.py's default, 3m
     assert stock.node_minutes("task") - project.node_minutes("task") == pytest.approx(2 * 7, abs=1)
 
 

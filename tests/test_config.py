@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from components.config import PROJECT, ConfigError, parse_stack_config
-from components.versions import AIRFLOW_VERSION, SUPPORTED_KUBERNETES_VERSIONS
-from tools.mock_runtime import available_stacks, read_stack_config
+from airflow_on_k8s.config import PROJECT, ConfigError, parse_stack_config
+from airflow_on_k8s.versions import AIRFLOW_VERSION, SUPPORTED_KUBERNETES_VERSIONS
+from airflow_on_k8s.testing.mock_runtime import available_stacks, read_stack_config
 
 REPO = Path(__file__).resolve().parent.parent
 

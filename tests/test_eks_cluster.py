@@ -1,4 +1,4 @@
-"""The EKS cluster (components/eks_cluster.py), its Cluster Autoscaler and IRSA, checked on the real program
+"""The EKS cluster (airflow_on_k8s/aws/cluster.py), its Cluster Autoscaler and IRSA, checked on the real program
 run under Pulumi's mock runtime for aws-dev and aws-prod, plus unit tests of the pure helpers.
 
 `iam_policy_problems(run)` is the reusable check that no IAM policy document a program writes grants a
@@ -19,16 +19,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.config import PROJECT, ConfigError, StackConfig, parse_stack_config
-from components.eks_cluster import EksClusterArgs, plan_subnets, task_pool_asg_tags
-from components.task_pool import TASK_POOL
-from components.versions import (
+from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig, parse_stack_config
+from airflow_on_k8s.aws.cluster import EksClusterArgs, plan_subnets, task_pool_asg_tags
+from airflow_on_k8s.task_pool import TASK_POOL
+from airflow_on_k8s.versions import (
     CLUSTER_AUTOSCALER_CHART,
     CLUSTER_AUTOSCALER_IMAGE_TAGS,
     SUPPORTED_KUBERNETES_VERSIONS,
 )
 from tests.conftest import program_run
-from tools.mock_runtime import STACKS_DIR, ProgramRun, RecordedResource, fake_outputs, run_program
+from airflow_on_k8s.testing.mock_runtime import STACKS_DIR, ProgramRun, RecordedResource, fake_outputs, run_program
 
 CLUSTER = "aws:eks/cluster:Cluster"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -521,9 +521,9 @@ def test_every_aws_resource_of_the_cluster_goes_through_the_stack_region_provide
 BIND_PROGRAM = textwrap.dedent(
     """
     import pulumi
-    from components.cluster import BucketGrant
-    from components.clusters import create_cluster
-    from components.config import load_stack_config
+    from airflow_on_k8s.contract import BucketGrant
+    from airflow_on_k8s.clusters import create_cluster
+    from airflow_on_k8s.config import load_stack_config
 
     cluster = create_cluster(load_stack_config())
     annotations = cluster.workload_identity.bind_service_account(

@@ -17,18 +17,18 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from components.config import PROJECT, ConfigError, StackConfig, parse_stack_config
-from components.gcp_workload_identity import BUCKET_ROLES, service_account_id
-from components.gke_cluster import (
+from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig, parse_stack_config
+from airflow_on_k8s.gcp.workload_identity import BUCKET_ROLES, service_account_id
+from airflow_on_k8s.gcp.cluster import (
     CONTROL_PLANE_TO_NODE_PORTS,
     NODE_SERVICE_ACCOUNT_ROLES,
     GkeClusterArgs,
     gcp_labels,
     gke_kubeconfig,
 )
-from components.task_pool import TASK_POOL
+from airflow_on_k8s.task_pool import TASK_POOL
 from tests.conftest import program_run
-from tools.mock_runtime import ProgramRun, fake_outputs, read_stack_config, run_program
+from airflow_on_k8s.testing.mock_runtime import ProgramRun, fake_outputs, read_stack_config, run_program
 
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
@@ -297,9 +297,9 @@ PROGRAM = textwrap.dedent(
     """
     import pulumi
 
-    from components.cluster import BucketGrant, KubernetesCluster
-    from components.config import load_stack_config, parse_stack_config
-    from components.gke_cluster import GkeCluster, GkeClusterArgs
+    from airflow_on_k8s.contract import BucketGrant, KubernetesCluster
+    from airflow_on_k8s.config import load_stack_config, parse_stack_config
+    from airflow_on_k8s.gcp.cluster import GkeCluster, GkeClusterArgs
 
     raw = load_stack_config().model_dump(by_alias=True)
     raw["gcp"].update({gcp_overrides!r})
@@ -376,8 +376,8 @@ def test_public_nodes_need_no_nat_or_control_plane_firewall(tmp_path: Path) -> N
 
 
 def test_binding_rejects_an_unknown_access_level() -> None:
-    from components.gcp_workload_identity import GkeWorkloadIdentity
-    from components.cluster import BucketGrant
+    from airflow_on_k8s.gcp.workload_identity import GkeWorkloadIdentity
+    from airflow_on_k8s.contract import BucketGrant
 
     # Validation happens before any resource is created, so no provider, cluster or parent is needed.
     identity = GkeWorkloadIdentity("airflow", "my-project", gcp_provider=None, cluster=None)  # type: ignore[arg-type]

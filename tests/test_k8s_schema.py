@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import program_run
 from tests.test_addons import stack_config
-from tools.mock_runtime import ProgramRun, RecordedResource, available_stacks
+from airflow_on_k8s.testing.mock_runtime import ProgramRun, RecordedResource, available_stacks
 
 NOT_OBJECTS = ("kubernetes:helm.sh/", "pulumi:providers:")
 

@@ -22,7 +22,7 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 import pytest  # noqa: E402
 from kubernetes.client import models as k8s  # noqa: E402
 
-from components.task_pool import TASK_POOL  # noqa: E402
+from airflow_on_k8s.task_pool import TASK_POOL  # noqa: E402
 from tests.conftest import program_run  # noqa: E402
 
 OPT_OUT = {"airflow-on-k8s/task-pool": "skip"}
@@ -229,7 +229,7 @@ def test_the_hook_is_what_airflow_calls(local_settings):
 
 
 def test_the_unrendered_template_refuses_to_load():
-    from airflow_settings import LOCAL_SETTINGS_TEMPLATE
+    from airflow_on_k8s.airflow.local_settings import LOCAL_SETTINGS_TEMPLATE
 
     with pytest.raises(ImportError, match="without rendering"):
         exec(compile(LOCAL_SETTINGS_TEMPLATE.read_text(), "airflow_local_settings.py", "exec"), {})

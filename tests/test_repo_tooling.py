@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tools.mock_runtime import available_stacks
+from airflow_on_k8s.testing.mock_runtime import available_stacks
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
@@ -56,19 +56,19 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_config_reference_is_generated_from_the_model():
-    from tools.config_reference import main
+    from airflow_on_k8s.tools.config_reference import main
 
-    assert main(["--check"]) == 0, "run: python -m tools.config_reference --write"
+    assert main(["--check"]) == 0, "run: python -m airflow_on_k8s.tools.config_reference --write"
 
 
 def test_config_reference_lists_every_key_with_a_description():
-    from tools.config_reference import rows
+    from airflow_on_k8s.tools.config_reference import rows
 
     keys = {key: meaning for key, _, _, meaning in rows()}
     for key in ("cloud", "taskPool.minSize", "aws.region", "gcp.project", "scaling.mode", "airflow.workerConcurrency"):
         assert key in keys
     undocumented = [key for key, meaning in keys.items() if not meaning]
-    assert not undocumented, f"add a docstring under these fields in components/config.py: {undocumented}"
+    assert not undocumented, f"add a docstring under these fields in airflow_on_k8s/config.py: {undocumented}"
 
 
 def test_readme_benchmark_table_matches_the_committed_results():

@@ -26,8 +26,8 @@ import kubernetes_validate
 import pytest
 from packaging.requirements import Requirement
 
-from components import worker_autoscaler as component
-from components.airflow import (
+from airflow_on_k8s.airflow import worker_autoscaler as component
+from airflow_on_k8s.airflow.component import (
     CHART_WORKER_GRACE_SECONDS,
     WORKER_DEPLOYMENT,
     WORKER_POD_LABELS,
@@ -35,15 +35,15 @@ from components.airflow import (
     SecretNames,
     chart_values,
 )
-from components.config import parse_stack_config
-from components.task_pool import TASK_POOL
-from components.versions import AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG
+from airflow_on_k8s.config import parse_stack_config
+from airflow_on_k8s.task_pool import TASK_POOL
+from airflow_on_k8s.versions import AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG
 from tests.autoscaler.fake_kube import FakeKube, pod
 from tests.conftest import program_run
 from tests.test_addons import stack_config
 from tests.test_k8s_schema import manifest
-from tools.mock_runtime import ProgramRun, available_stacks, run_program
-from worker_autoscaler.settings import Settings, settings_from_args
+from airflow_on_k8s.testing.mock_runtime import ProgramRun, available_stacks, run_program
+from airflow_on_k8s.autoscaler.settings import Settings, settings_from_args
 
 COMPONENT = "airflow-on-k8s:scaling:WorkerAutoscaler"
 PARENT = f"{COMPONENT}::worker-autoscaler"
@@ -146,14 +146,20 @@ def test_objects_validate_against_the_kubernetes_schema(run):
 # --- the source ConfigMap ----------------------------------------------------------------------------------
 
 
+SRC = component.PACKAGE_DIR.parents[1]  # src/: import paths are relative to it
+
+
 def repo_package_files() -> dict[str, bytes]:
-    return {p.relative_to(component.PACKAGE_DIR).as_posix(): p.read_bytes() for p in component.PACKAGE_DIR.rglob("*.py")}
+    """The autoscaler's files and the (import-free) top-level __init__ that makes airflow_on_k8s a package."""
+    paths = [SRC / "airflow_on_k8s" / "__init__.py", *component.PACKAGE_DIR.rglob("*.py")]
+    return {p.relative_to(SRC).as_posix(): p.read_bytes() for p in paths}
 
 
 def test_configmap_holds_every_py_file_of_the_package_byte_for_byte(run):
     data = objects(run)["ConfigMap"]["data"]
     files = repo_package_files()
-    assert {"__init__.py", "__main__.py", "settings.py", "actuators/kubernetes.py"} <= set(files)
+    assert {"airflow_on_k8s/__init__.py", "airflow_on_k8s/autoscaler/__main__.py", "airflow_on_k8s/autoscaler/settings.py",
+            "airflow_on_k8s/autoscaler/actuators/kubernetes.py"} <= set(files)
     assert set(data) == {component.configmap_key(path) for path in files}
     for path, content in files.items():
         assert data[component.configmap_key(path)].encode() == content, path
@@ -171,9 +177,9 @@ def test_the_volume_puts_each_key_back_at_its_path_and_python_finds_the_package(
     (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["readOnly"] is True
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert PurePosixPath(mount["mountPath"]) == PurePosixPath(env["PYTHONPATH"]) / "worker_autoscaler"
+    assert PurePosixPath(mount["mountPath"]) == PurePosixPath(env["PYTHONPATH"])
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
-    assert c["command"] == ["python", "-m", "worker_autoscaler"]
+    assert c["command"] == ["python", "-m", "airflow_on_k8s.autoscaler"]
 
 
 def mount_like_kubelet(data: dict[str, str], items: list[dict], root: Path) -> Path:
@@ -199,18 +205,19 @@ def test_the_mounted_source_imports_and_runs_the_cli(tmp_path):
     c = container(run)
     (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
     root = tmp_path / "opt"
-    package = mount_like_kubelet(objects(run)["ConfigMap"]["data"], volume["configMap"]["items"], root / PurePosixPath(mount["mountPath"]).name)
+    root.mkdir()
+    package = mount_like_kubelet(objects(run)["ConfigMap"]["data"], volume["configMap"]["items"], root)
     env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     env["PYTHONPATH"] = str(root)  # the mount's parent, as PYTHONPATH names it in the pod
     script = (
         "import importlib, pkgutil, runpy, sys\n"
-        "import worker_autoscaler as p\n"
+        "import airflow_on_k8s.autoscaler as p\n"
         f"assert p.__file__.startswith({str(root)!r}), p.__file__\n"
-        "names = [m.name for m in pkgutil.walk_packages(p.__path__, 'worker_autoscaler.')]\n"
+        "names = [m.name for m in pkgutil.walk_packages(p.__path__, 'airflow_on_k8s.autoscaler.')]\n"
         "for name in names: importlib.import_module(name)\n"
         "print(len(names), 'modules')\n"
-        "sys.argv = ['worker_autoscaler', '--help']\n"
-        "runpy.run_module('worker_autoscaler', run_name='__main__')\n"
+        "sys.argv = ['airflow_on_k8s.autoscaler', '--help']\n"
+        "runpy.run_module('airflow_on_k8s.autoscaler', run_name='__main__')\n"
     )
     # cwd outside the repository, so only the mounted copy can be imported.
     done = subprocess.run(
@@ -218,7 +225,7 @@ def test_the_mounted_source_imports_and_runs_the_cli(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    expected_modules = len([p for p in repo_package_files() if p != "__init__.py"])
+    expected_modules = len([p for p in repo_package_files() if not p.endswith("/__init__.py") or p.count("/") > 2])
     assert f"{expected_modules} modules" in done.stdout
     assert "--min-workers" in done.stdout and "--lease-name" in done.stdout
     assert not list(package.resolve().rglob("__pycache__"))
@@ -228,10 +235,10 @@ def test_a_change_to_the_source_rolls_the_pods(run):
     annotations = objects(run)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     files = component.package_files()
     assert annotations[component.CHECKSUM_ANNOTATION] == component.source_checksum(files)
-    path = "policy.py"
+    path = "airflow_on_k8s/autoscaler/policy.py"
     changed = {**files, path: files[path] + "\n"}
     assert component.source_checksum(changed) != component.source_checksum(files)
-    moved = {("policy2.py" if p == path else p): t for p, t in files.items()}
+    moved = {(path.replace("policy", "policy2") if p == path else p): t for p, t in files.items()}
     assert component.source_checksum(moved) != component.source_checksum(files)
 
 
@@ -348,7 +355,7 @@ def matching_rules(rules: list[dict], verb: str, group: str, resource: str, name
 def test_role_allows_every_call_the_real_controller_makes_and_grants_nothing_unused(run, monkeypatch):
     from kubernetes import client, config
 
-    from worker_autoscaler.__main__ import build_controller
+    from airflow_on_k8s.autoscaler.__main__ import build_controller
 
     settings = parsed_settings(run)
     rules = objects(run)["Role"]["rules"]
@@ -390,7 +397,7 @@ def test_role_allows_every_call_the_real_controller_makes_and_grants_nothing_unu
 
 
 def test_probes_and_scrape_annotations_reach_the_real_metrics_server(run):
-    from worker_autoscaler.metrics import Health, Metrics, MetricsServer
+    from airflow_on_k8s.autoscaler.metrics import Health, Metrics, MetricsServer
 
     o = objects(run)
     c = container(run)
@@ -510,8 +517,11 @@ def test_the_airflow_image_has_every_library_the_package_imports():
             if isinstance(node, ast.Import):
                 modules |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.startswith("airflow_on_k8s"):
+                    # Only the autoscaler ships into the pod: it may not import the rest of the package.
+                    assert node.module.startswith("airflow_on_k8s.autoscaler"), (path, node.module)
                 modules.add(node.module.split(".")[0])
-    third_party = {m for m in modules if m not in sys.stdlib_module_names and m != "worker_autoscaler"}
+    third_party = {m for m in modules if m not in sys.stdlib_module_names and m != "airflow_on_k8s"}
     # SQLAlchemy and kombu load the drivers for the URLs the Secrets hold (postgresql://, redis://) by name.
     third_party |= {"psycopg2", "redis"}
     assert {"kubernetes", "celery", "prometheus_client", "pydantic", "sqlalchemy"} <= third_party

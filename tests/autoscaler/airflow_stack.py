@@ -21,9 +21,9 @@ from pathlib import Path
 import psycopg2
 
 from tests.autoscaler.conftest import REPO_ROOT, seed_task_instances
-from tools.local_services import PostgresServer, RedisServer, airflow_env, free_port
-from worker_autoscaler.actuators.local_processes import LocalProcessActuator
-from worker_autoscaler.signals.celery_inspect import CeleryWorkers
+from airflow_on_k8s.testing.local_services import PostgresServer, RedisServer, airflow_env, free_port
+from airflow_on_k8s.autoscaler.actuators.local_processes import LocalProcessActuator
+from airflow_on_k8s.autoscaler.signals.celery_inspect import CeleryWorkers
 
 
 class AirflowStack:
@@ -170,7 +170,7 @@ with DAG("{dag_id}", schedule=None, default_args={{"retries": 2, "retry_delay": 
 
 
 class ControllerProcess:
-    """`python -m worker_autoscaler` with the local actuator, as its own process (so it can be killed)."""
+    """`python -m airflow_on_k8s.autoscaler` with the local actuator, as its own process (so it can be killed)."""
 
     def __init__(self, stack: AirflowStack, state_dir: Path, identity: str, *extra: str):
         self.identity = identity
@@ -184,7 +184,7 @@ class ControllerProcess:
             "--drain-poll-s", "1", "--drain-settle-s", "1", "--drain-timeout-s", "60", *extra,
         ]  # fmt: skip
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker_autoscaler", *args], env=stack.env, cwd=REPO_ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "airflow_on_k8s.autoscaler", *args], env=stack.env, cwd=REPO_ROOT,
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
 

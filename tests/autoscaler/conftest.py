@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.local_services import PostgresServer, RedisServer, airflow_env, migrate_airflow_db, postgres_server, redis_server
+from airflow_on_k8s.testing.local_services import PostgresServer, RedisServer, airflow_env, migrate_airflow_db, postgres_server, redis_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,8 +156,8 @@ class CeleryEnv:
 @pytest.fixture
 def celery_env(redis, tmp_path) -> Iterator[CeleryEnv]:
     from tests.autoscaler.helpers import TaskSender, plain_worker_command
-    from worker_autoscaler.actuators.local_processes import LocalProcessActuator
-    from worker_autoscaler.signals.celery_inspect import CeleryWorkers
+    from airflow_on_k8s.autoscaler.actuators.local_processes import LocalProcessActuator
+    from airflow_on_k8s.autoscaler.signals.celery_inspect import CeleryWorkers
 
     db = next(_redis_dbs)
     broker, backend = redis.url(db), redis.url(db + 1)

@@ -11,10 +11,10 @@ import pytest
 
 from tests.autoscaler.conftest import REPO_ROOT
 from tests.autoscaler.helpers import plain_worker_command, wait_for
-from tools.local_services import free_port
-from worker_autoscaler.actuators.local_processes import FileLeaderLock, LocalProcessActuator
-from worker_autoscaler.signals import SignalError
-from worker_autoscaler.signals.celery_inspect import CeleryWorkers, HostnameTemplate
+from airflow_on_k8s.testing.local_services import free_port
+from airflow_on_k8s.autoscaler.actuators.local_processes import FileLeaderLock, LocalProcessActuator
+from airflow_on_k8s.autoscaler.signals import SignalError
+from airflow_on_k8s.autoscaler.signals.celery_inspect import CeleryWorkers, HostnameTemplate
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_file_leader_lock_is_exclusive_and_freed_when_the_holder_dies(tmp_path):
     assert two.try_acquire()
     two.release()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from worker_autoscaler.actuators.local_processes import FileLeaderLock;"
+        [sys.executable, "-c", "import sys, time; from airflow_on_k8s.autoscaler.actuators.local_processes import FileLeaderLock;"
          f"assert FileLeaderLock({str(path)!r}, 'child').try_acquire(); print('held', flush=True); time.sleep(60)"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
     )

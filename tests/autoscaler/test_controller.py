@@ -16,12 +16,12 @@ import pytest
 from tests.autoscaler.conftest import seeded_load_db, set_load
 from tests.autoscaler.fake_kube import FakeKube, pod
 from tests.autoscaler.helpers import wait_for, wait_workers_up
-from worker_autoscaler.actuators.kubernetes import DELETION_COST, MARKER, KubernetesDeploymentActuator, KubernetesLease
-from worker_autoscaler.actuators.local_processes import FileLeaderLock
-from worker_autoscaler.controller import Controller, ControllerConfig
-from worker_autoscaler.metrics import Health, Metrics, MetricsServer
-from worker_autoscaler.policy import Decision, PolicyConfig, ScalingPolicy
-from worker_autoscaler.signals.airflow_db import AirflowDbSignal, ExecutorFilter
+from airflow_on_k8s.autoscaler.actuators.kubernetes import DELETION_COST, MARKER, KubernetesDeploymentActuator, KubernetesLease
+from airflow_on_k8s.autoscaler.actuators.local_processes import FileLeaderLock
+from airflow_on_k8s.autoscaler.controller import Controller, ControllerConfig
+from airflow_on_k8s.autoscaler.metrics import Health, Metrics, MetricsServer
+from airflow_on_k8s.autoscaler.policy import Decision, PolicyConfig, ScalingPolicy
+from airflow_on_k8s.autoscaler.signals.airflow_db import AirflowDbSignal, ExecutorFilter
 
 FAST = PolicyConfig(min_workers=0, max_workers=4, worker_concurrency=2, scale_down_stabilization_s=0,
                     scale_down_cooldown_s=0, scale_down_max_step=4)

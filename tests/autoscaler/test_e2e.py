@@ -1,5 +1,5 @@
 """End to end: a real Airflow scheduler (CeleryExecutor), real PostgreSQL and Redis, real `airflow celery worker`
-processes started and stopped by `python -m worker_autoscaler --actuator local`.
+processes started and stopped by `python -m airflow_on_k8s.autoscaler --actuator local`.
 
 Figures (time to scale up, workers reached, retries) are printed; run with -s to see them.
 """
@@ -10,7 +10,7 @@ import pytest
 
 from tests.autoscaler.airflow_stack import BURST, CONCURRENCY, ControllerProcess, Watch, all_state, burst_dag, report
 from tests.autoscaler.helpers import wait_for
-from worker_autoscaler.actuators.local_processes import LocalProcessActuator, airflow_worker_command
+from airflow_on_k8s.autoscaler.actuators.local_processes import LocalProcessActuator, airflow_worker_command
 
 pytestmark = pytest.mark.slow
 

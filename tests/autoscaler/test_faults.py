@@ -1,5 +1,5 @@
 """Faults during a burst, end to end: real Airflow scheduler (CeleryExecutor), PostgreSQL, Redis, `airflow celery
-worker` processes, and `python -m worker_autoscaler --actuator local` as a process that can be killed.
+worker` processes, and `python -m airflow_on_k8s.autoscaler --actuator local` as a process that can be killed.
 
 The outcome of each fault is printed; run with -s to see it.
 """
@@ -14,15 +14,15 @@ import pytest
 
 from tests.autoscaler.helpers import wait_for
 from tests.autoscaler.airflow_stack import CONCURRENCY, ControllerProcess, Watch, all_state, burst_dag, celery_tasks_on, report
-from worker_autoscaler.actuators.local_processes import LocalProcessActuator, airflow_worker_command
-from worker_autoscaler.signals.celery_inspect import CeleryWorkers
+from airflow_on_k8s.autoscaler.actuators.local_processes import LocalProcessActuator, airflow_worker_command
+from airflow_on_k8s.autoscaler.signals.celery_inspect import CeleryWorkers
 
 pytestmark = pytest.mark.slow
 
 
 def _try(fn, *args):
     """fn(*args), or None on a transient broker error (the test's own client right after a Redis restart)."""
-    from worker_autoscaler.signals import SignalError
+    from airflow_on_k8s.autoscaler.signals import SignalError
 
     try:
         return fn(*args)

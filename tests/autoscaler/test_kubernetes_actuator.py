@@ -8,8 +8,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.autoscaler.fake_kube import FakeKube, pod
-from worker_autoscaler.actuators import WorkerPod
-from worker_autoscaler.actuators.kubernetes import CHOSEN_COST, DELETION_COST, MARKER, KubernetesDeploymentActuator, KubernetesLease
+from airflow_on_k8s.autoscaler.actuators import WorkerPod
+from airflow_on_k8s.autoscaler.actuators.kubernetes import CHOSEN_COST, DELETION_COST, MARKER, KubernetesDeploymentActuator, KubernetesLease
 
 SCALE = "/apis/apps/v1/namespaces/airflow/deployments/airflow-worker/scale"
 PODS = "/api/v1/namespaces/airflow/pods"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker_autoscaler.policy import (
+from airflow_on_k8s.autoscaler.policy import (
     INT32_MAX,
     Decision,
     Observation,

@@ -1,4 +1,4 @@
-"""Settings, the stack config's scaling section, and `python -m worker_autoscaler` as a process."""
+"""Settings, the stack config's scaling section, and `python -m airflow_on_k8s.autoscaler` as a process."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ import sys
 
 import pytest
 
-from components.config import ConfigError, ScalingConfig, parse_stack_config
+from airflow_on_k8s.config import ConfigError, ScalingConfig, parse_stack_config
 from tests.autoscaler.conftest import REPO_ROOT, seeded_load_db, set_load
-from worker_autoscaler.actuators.local_processes import LocalProcessActuator, airflow_worker_command
-from worker_autoscaler.policy import PolicyConfig
-from worker_autoscaler.settings import SettingsError, settings_from_args
+from airflow_on_k8s.autoscaler.actuators.local_processes import LocalProcessActuator, airflow_worker_command
+from airflow_on_k8s.autoscaler.policy import PolicyConfig
+from airflow_on_k8s.autoscaler.settings import SettingsError, settings_from_args
 
 AWS_OK = {"cloud": "aws", "aws": {"region": "eu-west-1"}}
 CONN = ["--db-url", "postgresql://airflow@db/airflow", "--broker-url", "redis://redis:6379/0"]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker_autoscaler", *args], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "airflow_on_k8s.autoscaler", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, env=env, timeout=timeout)
 
 

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from tests.autoscaler.conftest import seed_task_instances
-from worker_autoscaler.policy import QueueLoad
-from worker_autoscaler.signals import SignalError
-from worker_autoscaler.signals.airflow_db import CELERY_EXECUTOR_PATH, AirflowDbSignal, ExecutorFilter
+from airflow_on_k8s.autoscaler.policy import QueueLoad
+from airflow_on_k8s.autoscaler.signals import SignalError
+from airflow_on_k8s.autoscaler.signals.airflow_db import CELERY_EXECUTOR_PATH, AirflowDbSignal, ExecutorFilter
 
 DAG_FILE = '''
 from airflow.sdk import DAG

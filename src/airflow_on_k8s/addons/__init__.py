@@ -1,0 +1,1 @@
+"""Cloud-agnostic cluster add-ons: metrics-server and KEDA."""

@@ -1,0 +1,670 @@
+"""An EKS cluster with a system node group and a task node group that scales from zero.
+
+Resources (all children of the component, all through one explicit `aws.Provider` for the stack's region):
+
+- Network: a VPC carved from `aws.vpcCidr` into a large private and a small public subnet per AZ, an
+  internet gateway, NAT gateways (one per AZ, or one shared) and route tables. Subnets carry the tags the
+  AWS load balancer integrations look for.
+- The cluster: access entries only (authentication mode API, no aws-auth ConfigMap), Secrets encrypted
+  with a KMS key that rotates, control-plane logs in a log group with retention, private endpoint always
+  on, public endpoint per `aws.publicEndpoint`.
+- IRSA: an IAM OIDC provider for the cluster's issuer, behind `workload_identity`.
+- Managed add-ons: VPC CNI (through its own IRSA role, so nodes do not carry its permissions), kube-proxy,
+  CoreDNS.
+- Two managed node groups: "system" (Airflow and the add-ons; at least one node) and "tasks" (the
+  TASK_POOL label and taint, spot when asked, 0..N nodes), plus Cluster Autoscaler tags on the task group.
+- The Cluster Autoscaler (airflow_on_k8s/aws/cluster_autoscaler.py) and a Kubernetes provider from a kubeconfig
+  that authenticates with `aws eks get-token`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from airflow_on_k8s.aws.workload_identity import IrsaWorkloadIdentity
+from airflow_on_k8s.aws.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
+from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig
+from airflow_on_k8s.task_pool import TASK_POOL, TaskPoolSelector
+
+# Control-plane logs are kept for a quarter: long enough to look back at an incident, short enough to be cheap.
+CONTROL_PLANE_LOG_RETENTION_DAYS = 90
+
+# Cluster-admin for the principals in `aws.adminRoleArns`.
+CLUSTER_ADMIN_POLICY = "cluster-access-policy/AmazonEKSClusterAdminPolicy"
+
+# Managed policies every EKS node needs. Image pulls use PullOnly, the narrower successor of ReadOnly.
+# The CNI policy is not here: the VPC CNI add-on gets it through its own IRSA role.
+NODE_MANAGED_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly")
+
+# A Graviton instance type has a "g" right after its generation digit (m7g.large, c7gn.xlarge, r8gd.2xlarge).
+_GRAVITON_TYPE = re.compile(r"^[a-z]+\d+g[a-z-]*\.")
+
+
+@dataclass(frozen=True)
+class SubnetPlan:
+    """The subnets of one AZ: a large private one (pods get VPC addresses) and a small public one."""
+
+    private: ipaddress.IPv4Network
+    public: ipaddress.IPv4Network
+
+
+def plan_subnets(vpc_cidr: str, az_count: int) -> list[SubnetPlan]:
+    """Carve the VPC: eighths 0..n-1 are the private subnets, the last eighth is cut into public subnets.
+
+    The VPC CNI gives every pod an address from its node's subnet, so private subnets get the room;
+    public subnets only hold NAT gateways and load balancers. Up to 6 AZs fit, with one eighth to spare.
+    """
+    vpc = ipaddress.IPv4Network(vpc_cidr, strict=True)
+    if not 2 <= az_count <= 6:
+        raise ValueError(f"aws.availabilityZones: {az_count} is outside 2..6")
+    eighths = list(vpc.subnets(prefixlen_diff=3))
+    public = list(eighths[-1].subnets(prefixlen_diff=3))
+    return [SubnetPlan(private=eighths[i], public=public[i]) for i in range(az_count)]
+
+
+def pick_zone(names: list[str], index: int, wanted: int, region: str) -> str:
+    """The index-th usable AZ of the region, or a clear error when the region has too few."""
+    if len(names) < wanted:
+        raise ConfigError(
+            [
+                f"{PROJECT}:aws.availabilityZones: {wanted} asked, but {region} offers only {len(names)} "
+                f"({', '.join(names)}); set it to {len(names)} or less"
+            ]
+        )
+    return sorted(names)[index]
+
+
+def ami_type(arm: bool) -> str:
+    return "AL2023_ARM_64_STANDARD" if arm else "AL2023_x86_64_STANDARD"
+
+
+@dataclass(frozen=True)
+class EksNodePoolSpec:
+    """One managed node group's shape."""
+
+    instance_types: tuple[str, ...]
+    min_size: int
+    max_size: int
+    spot: bool
+    disk_size_gb: int
+    arm: bool
+
+    @property
+    def capacity_type(self) -> str:
+        return "SPOT" if self.spot else "ON_DEMAND"
+
+
+def _pool_spec(config: StackConfig, pool: str, key: str, problems: list[str]) -> EksNodePoolSpec:
+    cfg = config.system_pool if pool == "system" else config.task_pool
+    types = tuple(config.instance_types(pool))  # type: ignore[arg-type]
+    wrong = [t for t in types if bool(_GRAVITON_TYPE.match(t)) != cfg.arm]
+    if wrong:
+        if cfg.arm:
+            problems.append(
+                f"{PROJECT}:{key}.instanceTypes: {', '.join(wrong)} are not Graviton (ARM) types but {key}.arm "
+                "is true; list Graviton types such as m7g.xlarge, or set arm to false"
+            )
+        else:
+            problems.append(
+                f"{PROJECT}:{key}.instanceTypes: {', '.join(wrong)} are Graviton (ARM) types; set {key}.arm "
+                "to true or list x86 types such as m6i.xlarge"
+            )
+    return EksNodePoolSpec(
+        instance_types=types,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        spot=cfg.spot,
+        disk_size_gb=cfg.disk_size_gb,
+        arm=cfg.arm,
+    )
+
+
+@dataclass(frozen=True)
+class EksClusterArgs:
+    cluster_name: str
+    region: str
+    kubernetes_version: str
+    availability_zones: int
+    vpc_cidr: str
+    service_cidr: str
+    nat_gateway_per_az: bool
+    public_endpoint: bool
+    public_access_cidrs: tuple[str, ...]
+    admin_role_arns: tuple[str, ...]
+    control_plane_log_types: tuple[str, ...]
+    system_pool: EksNodePoolSpec
+    task_pool: EksNodePoolSpec
+    autoscaler: ClusterAutoscalerArgs
+    protect: bool
+    tags: dict[str, str]
+
+    @classmethod
+    def from_stack(cls, config: StackConfig) -> EksClusterArgs:
+        """The EKS settings of a stack, or ConfigError naming each key that cannot work on EKS."""
+        if config.cloud != "aws" or config.aws is None:
+            raise ConfigError([f"{PROJECT}:aws: is required for an EKS cluster; set aws.region"])
+        problems: list[str] = []
+        system_pool = _pool_spec(config, "system", "systemPool", problems)
+        task_pool = _pool_spec(config, "task", "taskPool", problems)
+        for i, arn in enumerate(config.aws.admin_role_arns):
+            if not re.match(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$", arn):
+                problems.append(
+                    f"{PROJECT}:aws.adminRoleArns[{i}]: {arn!r} is not an IAM role ARN; "
+                    "write it like arn:aws:iam::123456789012:role/platform-admins"
+                )
+        if config.aws.public_endpoint and not config.aws.public_access_cidrs:
+            problems.append(
+                f"{PROJECT}:aws.publicAccessCidrs: is empty, so nobody could reach the public endpoint; "
+                "list the CIDRs that may, or set aws.publicEndpoint to false"
+            )
+        for i, cidr in enumerate(config.aws.public_access_cidrs):
+            try:
+                ipaddress.IPv4Network(cidr, strict=True)
+            except ValueError as e:
+                problems.append(
+                    f"{PROJECT}:aws.publicAccessCidrs[{i}]: {cidr!r} is not an IPv4 CIDR block ({e}); "
+                    "write it like 203.0.113.0/24"
+                )
+        try:
+            autoscaler = ClusterAutoscalerArgs.from_stack(config)
+        except ConfigError as e:
+            problems += e.problems
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            cluster_name=config.cluster_name,
+            region=config.aws.region,
+            kubernetes_version=config.kubernetes_version,
+            availability_zones=config.aws.availability_zones,
+            vpc_cidr=config.aws.vpc_cidr,
+            service_cidr=config.aws.service_cidr,
+            nat_gateway_per_az=config.aws.nat_gateway_per_az,
+            public_endpoint=config.aws.public_endpoint,
+            public_access_cidrs=tuple(config.aws.public_access_cidrs),
+            admin_role_arns=tuple(config.aws.admin_role_arns),
+            control_plane_log_types=tuple(config.aws.control_plane_log_types),
+            system_pool=system_pool,
+            task_pool=task_pool,
+            autoscaler=autoscaler,
+            protect=config.protect,
+            tags=dict(config.tags),
+        )
+
+
+def task_pool_asg_tags(selector: TaskPoolSelector = TASK_POOL) -> dict[str, str]:
+    """Tags that tell the Cluster Autoscaler what a node of the task group looks like before one exists.
+
+    With no node to copy, the autoscaler builds a template node from the group's tags. Without the label
+    tag it would think a task pod fits nowhere; without the taint tag it would add task nodes for pods
+    that do not tolerate them. The EKS API fallback (eks:DescribeNodegroup) only works while the group has
+    never had a node, so after the first scale-up and scale-down to zero only these tags remain.
+
+    The discovery tags (`k8s.io/cluster-autoscaler/enabled`, `k8s.io/cluster-autoscaler/<cluster>`) are
+    not here: EKS sets them on every managed node group's Auto Scaling group. A second writer of the same
+    keys would only race EKS, and deleting that resource would delete EKS's tag and hide the group.
+    """
+    prefix = "k8s.io/cluster-autoscaler/node-template"
+    return {
+        f"{prefix}/label/{selector.label_key}": selector.label_value,
+        f"{prefix}/taint/{selector.taint_key}": selector.taint_string,
+    }
+
+
+def kubeconfig_for(cluster_name: str, endpoint: str, ca_data: str, region: str) -> str:
+    """A kubeconfig (JSON) that authenticates with `aws eks get-token`, as `aws eks update-kubeconfig` writes."""
+    user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": "aws",
+            "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region, "--output", "json"],
+            "interactiveMode": "Never",
+        }
+    }
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
+            "users": [{"name": cluster_name, "user": user}],
+            "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
+            "current-context": cluster_name,
+        }
+    )
+
+
+def _assume_role_policy(service: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+        }
+    )
+
+
+class EksCluster(pulumi.ComponentResource):
+    """An EKS cluster implementing `KubernetesCluster` (airflow_on_k8s/contract.py).
+
+    Contract outputs: `cloud` ("aws"), `cluster_name`, `kubeconfig` (secret), `provider`, `task_pool`,
+    `workload_identity` (IRSA).
+
+    Also, for components that place AWS resources next to the cluster (e.g. RDS):
+    - `aws_provider`: the explicit AWS provider (stack region and default tags).
+    - `vpc_id`, `private_subnet_ids`: the VPC and its private subnets, one per AZ.
+    - `cluster_security_group_id`: the security group EKS gives the control plane and every node;
+      allow ingress from it to reach a database from pods.
+    - `oidc_provider_arn`, `node_role_arn`, `system_node_group`, `task_node_group`, `cluster_autoscaler`.
+    """
+
+    cloud = "aws"
+
+    def __init__(self, name: str, args: EksClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("airflow-on-k8s:aws:EksCluster", name, None, opts)
+        self.task_pool = TASK_POOL
+        self.aws_provider = aws.Provider(
+            f"{name}-aws",
+            region=args.region,
+            default_tags=aws.ProviderDefaultTagsArgs(
+                tags={"project": PROJECT, "cluster": args.cluster_name, **args.tags}
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self._opts = pulumi.ResourceOptions(parent=self, provider=self.aws_provider)
+        partition = aws.get_partition_output(
+            opts=pulumi.InvokeOutputOptions(parent=self, provider=self.aws_provider)
+        ).partition
+
+        private_subnets, private_routes = self._network(name, args)
+        cluster = self._control_plane(name, args, private_subnets, partition)
+        self.cluster_name = cluster.name
+        self.cluster_security_group_id = cluster.vpc_config.cluster_security_group_id
+
+        issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
+        oidc = aws.iam.OpenIdConnectProvider(
+            f"{name}-oidc",
+            url=issuer,
+            # EKS issuers are verified against AWS's trusted CAs; no thumbprint is needed.
+            client_id_lists=["sts.amazonaws.com"],
+            opts=self._opts,
+        )
+        self.oidc_provider_arn = oidc.arn
+        self.workload_identity = IrsaWorkloadIdentity(
+            oidc_provider_arn=oidc.arn,
+            issuer_host=issuer.apply(lambda url: url.removeprefix("https://")),
+            partition=partition,
+            aws_provider=self.aws_provider,
+        )
+
+        node_prereqs = self._node_addons(name, cluster, partition) + private_routes
+        node_role = aws.iam.Role(
+            f"{name}-node", assume_role_policy=_assume_role_policy("ec2.amazonaws.com"), opts=self._opts
+        )
+        attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{policy}",
+                role=node_role.name,
+                policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/", policy),
+                opts=self._opts,
+            )
+            for policy in NODE_MANAGED_POLICIES
+        ]
+        self.node_role_arn = node_role.arn
+        common = dict(
+            cluster=cluster,
+            node_role=node_role,
+            subnets=private_subnets,
+            depends_on=node_prereqs + attachments,
+        )
+        self.system_node_group = self._node_group(f"{name}-system", args.system_pool, **common)
+        self.task_node_group = self._node_group(
+            f"{name}-tasks",
+            args.task_pool,
+            labels=TASK_POOL.labels,
+            taints=[
+                aws.eks.NodeGroupTaintArgs(
+                    key=TASK_POOL.taint_key, value=TASK_POOL.taint_value, effect=TASK_POOL.eks_taint_effect
+                )
+            ],
+            **common,
+        )
+        task_asg_name = self.task_node_group.resources.apply(lambda rs: rs[0].autoscaling_groups[0].name)
+        for kind, (key, value) in zip(("label", "taint"), task_pool_asg_tags().items()):
+            aws.autoscaling.Tag(
+                f"{name}-tasks-template-{kind}",
+                autoscaling_group_name=task_asg_name,
+                # Only the autoscaler reads these; instances need no copy.
+                tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=False),
+                opts=self._opts,
+            )
+
+        # CoreDNS is a Deployment: its add-on turns ACTIVE only once a node can run it.
+        coredns = aws.eks.Addon(
+            f"{name}-coredns",
+            cluster_name=cluster.name,
+            addon_name="coredns",
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="PRESERVE",
+            opts=pulumi.ResourceOptions.merge(self._opts, pulumi.ResourceOptions(depends_on=[self.system_node_group])),
+        )
+
+        self.kubeconfig = pulumi.Output.secret(
+            pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority.data).apply(
+                lambda a: kubeconfig_for(a[0], a[1], a[2], args.region)
+            )
+        )
+        # Everything installed through this provider waits for a node and for cluster DNS.
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_group, coredns]),
+        )
+
+        self.cluster_autoscaler = ClusterAutoscaler(
+            "cluster-autoscaler",
+            args.autoscaler,
+            identity=self.workload_identity,
+            k8s_provider=self.provider,
+            # EKS labels each node with its managed node group's name.
+            node_selector=self.system_node_group.node_group_name.apply(
+                lambda group: {"eks.amazonaws.com/nodegroup": group}
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+        self.register_outputs(
+            {
+                "cluster_name": self.cluster_name,
+                "kubeconfig": self.kubeconfig,
+                "vpc_id": self.vpc_id,
+                "private_subnet_ids": self.private_subnet_ids,
+                "cluster_security_group_id": self.cluster_security_group_id,
+                "oidc_provider_arn": self.oidc_provider_arn,
+            }
+        )
+
+    def _network(self, name: str, args: EksClusterArgs) -> tuple[list[aws.ec2.Subnet], list[pulumi.Resource]]:
+        """VPC, subnets, NAT and routes. Returns the private subnets and what their egress depends on."""
+        plans = plan_subnets(args.vpc_cidr, args.availability_zones)
+        # Zones that need no opt-in: Local Zones and Wavelength Zones cannot host EKS nodes.
+        # Read now (not as an Output) so a region with too few AZs stops the program before any resource.
+        zones = aws.get_availability_zones(
+            state="available",
+            filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])],
+            opts=pulumi.InvokeOptions(parent=self, provider=self.aws_provider),
+        ).names
+        vpc = aws.ec2.Vpc(
+            f"{name}-vpc",
+            cidr_block=args.vpc_cidr,
+            # EKS's private endpoint and IRSA need DNS inside the VPC.
+            enable_dns_support=True,
+            enable_dns_hostnames=True,
+            tags={"Name": f"{args.cluster_name}"},
+            opts=self._opts,
+        )
+        self.vpc_id = vpc.id
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, opts=self._opts)
+        cluster_tag = {f"kubernetes.io/cluster/{args.cluster_name}": "shared"}
+
+        public_subnets: list[aws.ec2.Subnet] = []
+        private_subnets: list[aws.ec2.Subnet] = []
+        for i, plan in enumerate(plans):
+            zone = pick_zone(zones, i, args.availability_zones, args.region)
+            public_subnets.append(
+                aws.ec2.Subnet(
+                    f"{name}-public-{i}",
+                    vpc_id=vpc.id,
+                    cidr_block=str(plan.public),
+                    availability_zone=zone,
+                    # Nothing in a public subnet gets a public address unless asked (NAT uses an Elastic IP).
+                    map_public_ip_on_launch=False,
+                    tags={"Name": f"{args.cluster_name}-public-{i}", "kubernetes.io/role/elb": "1", **cluster_tag},
+                    opts=self._opts,
+                )
+            )
+            private_subnets.append(
+                aws.ec2.Subnet(
+                    f"{name}-private-{i}",
+                    vpc_id=vpc.id,
+                    cidr_block=str(plan.private),
+                    availability_zone=zone,
+                    map_public_ip_on_launch=False,
+                    tags={
+                        "Name": f"{args.cluster_name}-private-{i}",
+                        "kubernetes.io/role/internal-elb": "1",
+                        **cluster_tag,
+                    },
+                    opts=self._opts,
+                )
+            )
+        self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private_subnets])
+
+        public_routes = aws.ec2.RouteTable(
+            f"{name}-public",
+            vpc_id=vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
+            tags={"Name": f"{args.cluster_name}-public"},
+            opts=self._opts,
+        )
+        for i, subnet in enumerate(public_subnets):
+            aws.ec2.RouteTableAssociation(
+                f"{name}-public-{i}", subnet_id=subnet.id, route_table_id=public_routes.id, opts=self._opts
+            )
+
+        nat_count = args.availability_zones if args.nat_gateway_per_az else 1
+        nats = []
+        for i in range(nat_count):
+            eip = aws.ec2.Eip(
+                f"{name}-nat-{i}", domain="vpc", tags={"Name": f"{args.cluster_name}-nat-{i}"}, opts=self._opts
+            )
+            nats.append(
+                aws.ec2.NatGateway(
+                    f"{name}-nat-{i}",
+                    allocation_id=eip.id,
+                    subnet_id=public_subnets[i].id,
+                    tags={"Name": f"{args.cluster_name}-nat-{i}"},
+                    opts=pulumi.ResourceOptions.merge(self._opts, pulumi.ResourceOptions(depends_on=[igw])),
+                )
+            )
+        egress: list[pulumi.Resource] = []
+        for i, subnet in enumerate(private_subnets):
+            # Each AZ leaves through its own NAT when there is one per AZ, so an AZ outage stays in its AZ.
+            nat = nats[i] if args.nat_gateway_per_az else nats[0]
+            table = aws.ec2.RouteTable(
+                f"{name}-private-{i}",
+                vpc_id=vpc.id,
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+                tags={"Name": f"{args.cluster_name}-private-{i}"},
+                opts=self._opts,
+            )
+            egress.append(
+                aws.ec2.RouteTableAssociation(
+                    f"{name}-private-{i}", subnet_id=subnet.id, route_table_id=table.id, opts=self._opts
+                )
+            )
+        return private_subnets, egress
+
+    def _control_plane(
+        self, name: str, args: EksClusterArgs, subnets: list[aws.ec2.Subnet], partition: pulumi.Output[str]
+    ) -> aws.eks.Cluster:
+        """The cluster, its IAM role, its Secrets key, its log group and its admin access entries."""
+        protect = pulumi.ResourceOptions.merge(self._opts, pulumi.ResourceOptions(protect=args.protect))
+        role = aws.iam.Role(
+            f"{name}-cluster", assume_role_policy=_assume_role_policy("eks.amazonaws.com"), opts=self._opts
+        )
+        cluster_policy = aws.iam.RolePolicyAttachment(
+            f"{name}-cluster-AmazonEKSClusterPolicy",
+            role=role.name,
+            policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/AmazonEKSClusterPolicy"),
+            opts=self._opts,
+        )
+        # Losing this key makes every Secret in etcd unreadable: protected with the cluster.
+        key = aws.kms.Key(
+            f"{name}-secrets",
+            description=f"Envelope encryption of Kubernetes Secrets in EKS cluster {args.cluster_name}",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            opts=protect,
+        )
+        # The key's default policy defers to IAM; the cluster role may use this key and no other.
+        key_use = aws.iam.RolePolicy(
+            f"{name}-cluster-secrets-key",
+            role=role.id,
+            policy=pulumi.Output.json_dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ListGrants", "kms:DescribeKey"],
+                            "Resource": key.arn,
+                        }
+                    ],
+                }
+            ),
+            opts=self._opts,
+        )
+        # EKS writes to this exact name; creating it first is what sets the retention.
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-control-plane",
+            name=f"/aws/eks/{args.cluster_name}/cluster",
+            retention_in_days=CONTROL_PLANE_LOG_RETENTION_DAYS,
+            opts=self._opts,
+        )
+        cluster = aws.eks.Cluster(
+            name,
+            name=args.cluster_name,
+            role_arn=role.arn,
+            version=args.kubernetes_version,
+            access_config=aws.eks.ClusterAccessConfigArgs(
+                authentication_mode="API",
+                # The identity running `pulumi up` gets cluster-admin, so this program can install charts.
+                bootstrap_cluster_creator_admin_permissions=True,
+            ),
+            # VPC CNI, kube-proxy and CoreDNS come as managed add-ons below instead.
+            bootstrap_self_managed_addons=False,
+            encryption_config=aws.eks.ClusterEncryptionConfigArgs(
+                provider=aws.eks.ClusterEncryptionConfigProviderArgs(key_arn=key.arn), resources=["secrets"]
+            ),
+            enabled_cluster_log_types=list(args.control_plane_log_types),
+            kubernetes_network_config=aws.eks.ClusterKubernetesNetworkConfigArgs(
+                service_ipv4_cidr=args.service_cidr
+            ),
+            vpc_config=aws.eks.ClusterVpcConfigArgs(
+                subnet_ids=[s.id for s in subnets],
+                endpoint_private_access=True,
+                endpoint_public_access=args.public_endpoint,
+                public_access_cidrs=list(args.public_access_cidrs) if args.public_endpoint else None,
+            ),
+            deletion_protection=args.protect,
+            opts=pulumi.ResourceOptions.merge(
+                protect, pulumi.ResourceOptions(depends_on=[cluster_policy, key_use, log_group])
+            ),
+        )
+        for i, principal in enumerate(args.admin_role_arns):
+            entry = aws.eks.AccessEntry(
+                f"{name}-admin-{i}", cluster_name=cluster.name, principal_arn=principal, type="STANDARD", opts=self._opts
+            )
+            aws.eks.AccessPolicyAssociation(
+                f"{name}-admin-{i}",
+                cluster_name=cluster.name,
+                principal_arn=entry.principal_arn,
+                policy_arn=pulumi.Output.concat("arn:", partition, ":eks::aws:", CLUSTER_ADMIN_POLICY),
+                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                opts=self._opts,
+            )
+        return cluster
+
+    def _node_addons(self, name: str, cluster: aws.eks.Cluster, partition: pulumi.Output[str]) -> list[pulumi.Resource]:
+        """The add-ons a node needs before it can become Ready: pod networking and service routing."""
+        cni_role = self.workload_identity.service_account_role(f"{name}-vpc-cni", "kube-system", "aws-node", parent=self)
+        cni_policy = aws.iam.RolePolicyAttachment(
+            f"{name}-vpc-cni",
+            role=cni_role.name,
+            policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/AmazonEKS_CNI_Policy"),
+            opts=self._opts,
+        )
+        vpc_cni = aws.eks.Addon(
+            f"{name}-vpc-cni",
+            cluster_name=cluster.name,
+            addon_name="vpc-cni",
+            service_account_role_arn=cni_role.arn,
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="PRESERVE",
+            opts=pulumi.ResourceOptions.merge(self._opts, pulumi.ResourceOptions(depends_on=[cni_policy])),
+        )
+        kube_proxy = aws.eks.Addon(
+            f"{name}-kube-proxy",
+            cluster_name=cluster.name,
+            addon_name="kube-proxy",
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="PRESERVE",
+            opts=self._opts,
+        )
+        return [vpc_cni, kube_proxy]
+
+    def _node_group(
+        self,
+        name: str,
+        pool: EksNodePoolSpec,
+        cluster: aws.eks.Cluster,
+        node_role: aws.iam.Role,
+        subnets: list[aws.ec2.Subnet],
+        depends_on: list[pulumi.Resource],
+        labels: dict[str, str] | None = None,
+        taints: list[aws.eks.NodeGroupTaintArgs] | None = None,
+    ) -> aws.eks.NodeGroup:
+        """A managed node group across the private subnets, sized by the Cluster Autoscaler within min..max."""
+        # A launch template only for what the node group API cannot set: IMDSv2 with a hop limit of 1, so
+        # pods (one hop further) cannot take the node role's credentials and must use IRSA; and an
+        # encrypted gp3 root volume.
+        template = aws.ec2.LaunchTemplate(
+            name,
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/xvda",  # the root device of the AL2023 EKS AMIs
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=pool.disk_size_gb, volume_type="gp3", encrypted="true", delete_on_termination="true"
+                    ),
+                )
+            ],
+            update_default_version=True,
+            opts=self._opts,
+        )
+        return aws.eks.NodeGroup(
+            name,
+            cluster_name=cluster.name,
+            # Nodes follow the control plane's version when it is upgraded.
+            version=cluster.version,
+            node_role_arn=node_role.arn,
+            subnet_ids=[s.id for s in subnets],
+            ami_type=ami_type(pool.arm),
+            capacity_type=pool.capacity_type,
+            instance_types=list(pool.instance_types),
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=template.id, version=template.latest_version.apply(str)
+            ),
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                min_size=pool.min_size, max_size=pool.max_size, desired_size=pool.min_size
+            ),
+            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
+            labels=labels,
+            taints=taints,
+            opts=pulumi.ResourceOptions.merge(
+                self._opts,
+                pulumi.ResourceOptions(
+                    depends_on=depends_on,
+                    # The Cluster Autoscaler owns the desired size; Pulumi must not reset it on every update.
+                    ignore_changes=["scalingConfig.desiredSize"],
+                ),
+            ),
+        )

@@ -1,0 +1,513 @@
+"""Typed stack configuration: everything a stack can set, validated before any resource exists.
+
+A stack file (stacks/Pulumi.<stack>.yaml) sets keys under the project's namespace, for example::
+
+    config:
+      airflow-on-k8s:cloud: aws
+      airflow-on-k8s:aws:
+        region: eu-west-1
+      airflow-on-k8s:taskPool:
+        maxSize: 10
+
+`load_stack_config()` reads them through Pulumi's config API and returns a `StackConfig`, or raises
+`ConfigError` whose lines each name the config key and the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from airflow_on_k8s.versions import DEFAULT_KUBERNETES_VERSION, SUPPORTED_KUBERNETES_VERSIONS
+
+PROJECT = "airflow-on-k8s"
+Cloud = Literal["aws", "gcp", "local"]
+
+# Go-style durations, as the Cluster Autoscaler flags take them ("90s", "2m", "1h30m").
+_DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+s)?$")
+_AWS_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_GCP_REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
+_GCP_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+
+
+class ConfigError(ValueError):
+    """Stack configuration that cannot be deployed; each line names a config key and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid stack configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Model(BaseModel):
+    # camelCase keys in YAML, snake_case in Python; unknown keys are typos and rejected.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
+
+
+def _duration_seconds(value: str) -> int:
+    m = _DURATION.match(value)
+    if not value or not m:
+        raise ValueError(f"{value!r} is not a duration; write it like 90s, 2m or 1h30m")
+    h, mi, s = (int(g[:-1]) if g else 0 for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+class PoolConfig(_Model):
+    """A node pool. `instanceTypes` are EC2 instance types on AWS, machine types on GCP."""
+
+    instance_types: list[str] | None = None
+    """EC2 instance types (AWS) or machine types (GCP); unset means the cloud default for the pool."""
+    min_size: int = Field(default=1, ge=0)
+    """Fewest nodes. The system pool needs 1 or more; the task pool must be 0."""
+    max_size: int = Field(default=3, ge=0)
+    """Most nodes the autoscaler may add."""
+    spot: bool = False
+    """Spot (AWS) / Spot VMs (GCP): cheaper, can be reclaimed; fine for retryable tasks."""
+    disk_size_gb: int = Field(default=50, ge=20, le=16000)
+    """Node boot disk size in GiB."""
+    arm: bool = False
+    """ARM nodes (Graviton AMI on AWS); your task images must be multi-arch."""
+
+    @field_validator("instance_types")
+    @classmethod
+    def _not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("is an empty list; name at least one instance type, or remove the key for the default")
+        if v is not None and any(not t.strip() for t in v):
+            raise ValueError("contains an empty name; remove it")
+        return v
+
+    @model_validator(mode="after")
+    def _max_at_least_min(self) -> PoolConfig:
+        if self.max_size < self.min_size:
+            raise ValueError(
+                f"maxSize: {self.max_size} is below minSize ({self.min_size}); raise maxSize or lower minSize"
+            )
+        if self.max_size == 0:
+            raise ValueError("maxSize: is 0, so the pool could never run a pod; set it to 1 or more")
+        return self
+
+
+class AwsConfig(_Model):
+    region: str
+    """AWS region, e.g. eu-west-1."""
+    availability_zones: int = Field(default=3, ge=2, le=6)
+    """How many AZs get a public and a private subnet (2 or more)."""
+    vpc_cidr: str = "10.40.0.0/16"
+    """The VPC range; subnets are carved from it (a /20 or larger)."""
+    service_cidr: str = "172.20.0.0/16"
+    """Kubernetes service IPs; must not overlap the VPC."""
+    # One NAT gateway per AZ survives an AZ outage; one shared NAT is cheaper for dev.
+    nat_gateway_per_az: bool = True
+    """One NAT gateway per AZ (survives an AZ outage) or one shared NAT (cheaper, for dev)."""
+    public_endpoint: bool = True
+    """Whether the EKS API endpoint is reachable from the internet (private access is always on)."""
+    public_access_cidrs: list[str] = ["0.0.0.0/0"]
+    """Who may reach the public API endpoint."""
+    # Extra IAM principals (role ARNs) given cluster-admin through EKS access entries.
+    admin_role_arns: list[str] = []
+    """IAM role ARNs given cluster-admin through EKS access entries."""
+    control_plane_log_types: list[str] = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+    """EKS control-plane logs sent to CloudWatch."""
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not _AWS_REGION.match(v):
+            raise ValueError(f"{v!r} is not an AWS region; use a name like eu-west-1")
+        return v
+
+    @field_validator("control_plane_log_types")
+    @classmethod
+    def _log_types(cls, v: list[str]) -> list[str]:
+        allowed = {"api", "audit", "authenticator", "controllerManager", "scheduler"}
+        bad = sorted(set(v) - allowed)
+        if bad:
+            raise ValueError(f"unknown log types {bad}; choose from {sorted(allowed)}")
+        return v
+
+
+class GcpConfig(_Model):
+    project: str
+    """Google Cloud project ID."""
+    region: str
+    """Region of the regional cluster, e.g. europe-west1."""
+    # Zones for the node pools; empty means all zones of the region (GKE's default for regional clusters).
+    node_zones: list[str] = []
+    """Zones for the node pools; empty means every zone of the region."""
+    subnet_cidr: str = "10.50.0.0/20"
+    """Primary range of the node subnet."""
+    pods_cidr: str = "10.64.0.0/14"
+    """Secondary range for pod IPs (VPC-native)."""
+    services_cidr: str = "10.68.0.0/20"
+    """Secondary range for service IPs."""
+    private_nodes: bool = True
+    """Nodes without public IPs (egress through Cloud NAT)."""
+    master_cidr: str = "172.16.0.0/28"
+    """The control plane's /28 when nodes are private."""
+    master_authorized_cidrs: list[str] = ["0.0.0.0/0"]
+    """Who may reach the GKE API endpoint."""
+    release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = "REGULAR"
+    """GKE release channel."""
+    autoscaling_profile: Literal["OPTIMIZE_UTILIZATION", "BALANCED"] = "OPTIMIZE_UTILIZATION"
+    """GKE cluster autoscaler profile; OPTIMIZE_UTILIZATION removes idle nodes sooner."""
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str) -> str:
+        if not _GCP_PROJECT.match(v):
+            raise ValueError(f"{v!r} is not a GCP project ID (6-30 lowercase letters, digits, hyphens)")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not _GCP_REGION.match(v):
+            raise ValueError(f"{v!r} is not a GCP region; use a name like europe-west1")
+        return v
+
+    @model_validator(mode="after")
+    def _zones_in_region(self) -> GcpConfig:
+        for zone in self.node_zones:
+            if not zone.startswith(self.region + "-"):
+                raise ValueError(f"nodeZones: {zone!r} is not in region {self.region}; use zones like {self.region}-b")
+        return self
+
+
+class LocalConfig(_Model):
+    """An existing cluster reached through a kubeconfig context (kind, k3d, minikube, Docker Desktop)."""
+
+    # Empty means the kubeconfig's current context.
+    context: str = ""
+    """kubeconfig context to deploy to; empty means the current context."""
+    kubeconfig_path: str = ""
+    """kubeconfig file; empty means the default (~/.kube/config or $KUBECONFIG)."""
+
+
+class ClusterAutoscalerConfig(_Model):
+    """Node scale-down timing. The stock 10 minutes keeps an idle task node billed for 10 minutes after its last task."""
+
+    scale_down_unneeded_time: str = "3m"
+    """How long a task node must be idle before the Cluster Autoscaler removes it (stock: 10m)."""
+    scale_down_delay_after_add: str = "3m"
+    """Pause after a scale-up before scale-down is considered again (stock: 10m)."""
+    expander: Literal["least-waste", "random", "most-pods", "priority", "price"] = "least-waste"
+    """Which node group the Cluster Autoscaler grows when several fit."""
+
+    @field_validator("scale_down_unneeded_time", "scale_down_delay_after_add")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        _duration_seconds(v)
+        return v
+
+
+class AddonsConfig(_Model):
+    # "auto": installed where the cloud does not ship one (EKS, local); GKE runs a managed metrics-server
+    # and a second one would fight its addon manager.
+    metrics_server: Literal["auto", "install", "skip"] = "auto"
+    """`auto` installs it except on GKE, which runs a managed one."""
+
+
+class GitSyncConfig(_Model):
+    repo: str = ""
+    """Git repository with the DAGs; empty ships the example DAGs of this repository."""
+    branch: str = "main"
+    """Branch git-sync follows."""
+    sub_path: str = "dags"
+    """Folder of the repository that holds the DAGs."""
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        if v and not re.match(r"^(https://|ssh://|git@)", v):
+            raise ValueError(f"{v!r} is not a git URL; use https://host/org/repo.git or git@host:org/repo.git")
+        return v
+
+
+class AirflowConfig(_Model):
+    namespace: str = "airflow"
+    """Namespace of the Airflow release."""
+    # Namespace where KubernetesPodOperator pods run (and the only one workers may create pods in).
+    task_namespace: str = "airflow-tasks"
+    """Namespace where KubernetesPodOperator pods run (the only one workers may create pods in)."""
+    worker_concurrency: int = Field(default=2, ge=1, le=256)
+    """Celery worker concurrency: task slots per worker pod."""
+    # "bundled": the chart's Postgres (dev); "managed": RDS / Cloud SQL behind PgBouncer (prod).
+    database: Literal["bundled", "managed"] = "bundled"
+    """`bundled`: the chart's Postgres (dev); `managed`: RDS / Cloud SQL behind PgBouncer (prod)."""
+    git_sync: GitSyncConfig = GitSyncConfig()
+    """Where DAGs come from (git-sync)."""
+    # The UI stays on a ClusterIP service unless this is set.
+    expose_ui: bool = False
+    """Expose the Airflow UI through a LoadBalancer; by default it stays on a ClusterIP service."""
+
+    @field_validator("namespace", "task_namespace")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", v):
+            raise ValueError(f"{v!r} is not a valid namespace name (lowercase letters, digits, '-', max 63)")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_namespaces(self) -> AirflowConfig:
+        if self.namespace == self.task_namespace:
+            raise ValueError("taskNamespace: equals namespace; give task pods their own namespace, e.g. airflow-tasks")
+        return self
+
+
+class ScalingConfig(_Model):
+    """How the Celery workers scale: task-aware (default), keda (the chart's ScaledObject) or hpa (CPU)."""
+
+    mode: Literal["task-aware", "keda", "hpa"] = "task-aware"
+    """How Celery workers scale: `task-aware` (default), `keda` (SQL trigger) or `hpa` (CPU, a baseline)."""
+    min_workers: int = Field(default=1, ge=0)
+    """Fewest Celery workers (0 allowed except with hpa)."""
+    max_workers: int = Field(default=10, ge=1)
+    """Most Celery workers."""
+    target_load_factor: float = Field(default=1.0, gt=0, le=1.0)
+    """Share of task slots to fill: workers = ceil(tasks / (concurrency x factor))."""
+    # The rest tunes the task-aware autoscaler (airflow_on_k8s.autoscaler/); keda and hpa modes ignore it.
+    queues: list[str] = ["default"]
+    """task-aware: Celery queues the workers consume; only their tasks count, and drains cancel them all."""
+    poll_interval_seconds: int = Field(default=10, ge=1, le=300)
+    """task-aware: seconds between two looks at the task load."""
+    scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
+    """task-aware: scale up to the lowest need seen over this window (0 = at once)."""
+    scale_down_stabilization_seconds: int = Field(default=120, ge=0, le=3600)
+    """task-aware: scale down only to the highest need seen over this window."""
+    scale_up_max_step: int = Field(default=0, ge=0)
+    """task-aware: most workers added per decision (0 = unlimited)."""
+    scale_down_max_step: int = Field(default=1, ge=1)
+    """task-aware: most workers removed per decision."""
+    scale_down_cooldown_seconds: int = Field(default=60, ge=0, le=3600)
+    """task-aware: least time between two scale-downs (no yo-yo)."""
+    drain_timeout_seconds: int = Field(default=300, ge=10, le=86400)
+    """task-aware: longest wait for a worker chosen for removal to finish its tasks; then it is kept."""
+    drain_settle_seconds: int = Field(default=2, ge=0, le=60)
+    """task-aware: wait after cancelling a worker's consumer before trusting that it is idle."""
+    per_queue_ceiling: bool = False
+    """task-aware: size each queue on its own and add up (for workers whose slots do not mix queues)."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingConfig:
+        if self.max_workers < self.min_workers:
+            raise ValueError(
+                f"maxWorkers: {self.max_workers} is below minWorkers ({self.min_workers}); raise maxWorkers or lower minWorkers"
+            )
+        if self.mode == "hpa" and self.min_workers == 0:
+            raise ValueError("minWorkers: mode hpa cannot scale to zero workers (CPU of zero pods is unknown); set minWorkers to 1 or more")
+        problems = []
+        if not self.queues or any(not q.strip() for q in self.queues):
+            problems.append("queues: needs at least one queue name and no empty ones; the chart's workers consume default")
+        if self.scale_up_stabilization_seconds > self.scale_down_stabilization_seconds:
+            problems.append(
+                f"scaleUpStabilizationSeconds: {self.scale_up_stabilization_seconds} is longer than "
+                f"scaleDownStabilizationSeconds ({self.scale_down_stabilization_seconds}), so scaling up would be "
+                "slower than scaling down; shorten it"
+            )
+        if self.scale_up_max_step and self.scale_up_max_step < self.scale_down_max_step:
+            problems.append(
+                f"scaleUpMaxStep: {self.scale_up_max_step} is below scaleDownMaxStep ({self.scale_down_max_step}), "
+                "so scaling up would be slower than scaling down; raise it or use 0 (unlimited)"
+            )
+        if self.drain_timeout_seconds < 2 * self.poll_interval_seconds:
+            problems.append(
+                f"drainTimeoutSeconds: {self.drain_timeout_seconds} is under two poll intervals "
+                f"({self.poll_interval_seconds}s each), too short to see a worker finish; raise it"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def autoscaler_args(self, worker_concurrency: int) -> list[str]:
+        """Policy and loop flags for `python -m airflow_on_k8s.autoscaler` (the deployment adds connections and names)."""
+        return [
+            f"--min-workers={self.min_workers}",
+            f"--max-workers={self.max_workers}",
+            f"--worker-concurrency={worker_concurrency}",
+            f"--target-load-factor={self.target_load_factor}",
+            f"--queues={','.join(self.queues)}",
+            f"--poll-interval-s={self.poll_interval_seconds}",
+            f"--scale-up-stabilization-s={self.scale_up_stabilization_seconds}",
+            f"--scale-down-stabilization-s={self.scale_down_stabilization_seconds}",
+            f"--scale-up-max-step={self.scale_up_max_step}",
+            f"--scale-down-max-step={self.scale_down_max_step}",
+            f"--scale-down-cooldown-s={self.scale_down_cooldown_seconds}",
+            f"--drain-timeout-s={self.drain_timeout_seconds}",
+            f"--drain-settle-s={self.drain_settle_seconds}",
+            f"--per-queue-ceiling={str(self.per_queue_ceiling).lower()}",
+        ]
+
+
+_DEFAULT_INSTANCE_TYPES: dict[str, dict[str, list[str]]] = {
+    "aws": {"system": ["m6i.large", "m5.large"], "task": ["m6i.xlarge", "m5.xlarge"]},
+    "gcp": {"system": ["e2-standard-4"], "task": ["e2-standard-4"]},
+    "local": {"system": [], "task": []},
+}
+
+
+class StackConfig(_Model):
+    """Everything one stack sets. Field names are the config keys in camelCase."""
+
+    cloud: Cloud
+    """`aws` (EKS), `gcp` (GKE) or `local` (an existing kubeconfig context)."""
+    cluster_name: str = "airflow"
+    """Name of the cluster and prefix of its resources."""
+    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
+    """Kubernetes minor version; must be one the cloud offers."""
+    # Prod stacks: deletion protection on the cluster and database, retained data.
+    protect: bool = False
+    """Production safety: deletion protection on the cluster and database."""
+    aws: AwsConfig | None = None
+    """AWS settings; required when cloud is aws."""
+    gcp: GcpConfig | None = None
+    """Google Cloud settings; required when cloud is gcp."""
+    local: LocalConfig | None = None
+    """Local cluster settings, for cloud local."""
+    system_pool: PoolConfig = PoolConfig(min_size=2, max_size=4)
+    """The default pool: system add-ons and Airflow itself."""
+    task_pool: PoolConfig = PoolConfig(min_size=0, max_size=10)
+    """The task pool: KubernetesPodOperator pods only; scales from zero."""
+    cluster_autoscaler: ClusterAutoscalerConfig = ClusterAutoscalerConfig()
+    """Node scale-down timing (EKS; GKE uses its autoscaling profile)."""
+    addons: AddonsConfig = AddonsConfig()
+    """Cluster add-ons."""
+    airflow: AirflowConfig = AirflowConfig()
+    """The Airflow release."""
+    scaling: ScalingConfig = ScalingConfig()
+    """Celery worker autoscaling."""
+    tags: dict[str, str] = {}
+    """Tags/labels added to every cloud resource that takes them."""
+
+    @field_validator("cluster_name")
+    @classmethod
+    def _cluster_name(cls, v: str) -> str:
+        if not re.match(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$", v):
+            raise ValueError(f"{v!r}: use 1-30 lowercase letters, digits and '-', starting with a letter")
+        return v
+
+    @model_validator(mode="after")
+    def _cloud_rules(self) -> StackConfig:
+        problems: list[str] = []
+        section = {"aws": self.aws, "gcp": self.gcp, "local": self.local}
+        if self.cloud in ("aws", "gcp") and section[self.cloud] is None:
+            need = "region" if self.cloud == "aws" else "project and region"
+            problems.append(f"{self.cloud}: is required when cloud is {self.cloud}; set {self.cloud}.{need}")
+        for other, value in section.items():
+            if other != self.cloud and value is not None:
+                problems.append(f"{other}: is set but cloud is {self.cloud}; remove the {other} section")
+        offered = SUPPORTED_KUBERNETES_VERSIONS[self.cloud]
+        if self.kubernetes_version not in offered:
+            problems.append(
+                f"kubernetesVersion: {self.kubernetes_version!r} is not offered on {self.cloud}; "
+                f"use one of {', '.join(offered)}"
+            )
+        if self.cloud != "local" and self.system_pool.min_size < 1:
+            problems.append(
+                "systemPool.minSize: is 0, but Airflow and the cluster add-ons must always run; set it to 1 or more"
+            )
+        if self.task_pool.min_size != 0:
+            problems.append(
+                f"taskPool.minSize: is {self.task_pool.min_size}; the task pool scales from zero so it costs "
+                "nothing while idle; set it to 0"
+            )
+        problems += self._network_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _network_problems(self) -> list[str]:
+        ranges: list[tuple[str, str]] = []
+        if self.cloud == "aws" and self.aws:
+            ranges = [("aws.vpcCidr", self.aws.vpc_cidr), ("aws.serviceCidr", self.aws.service_cidr)]
+        elif self.cloud == "gcp" and self.gcp:
+            ranges = [
+                ("gcp.subnetCidr", self.gcp.subnet_cidr),
+                ("gcp.podsCidr", self.gcp.pods_cidr),
+                ("gcp.servicesCidr", self.gcp.services_cidr),
+            ]
+            if self.gcp.private_nodes:
+                ranges.append(("gcp.masterCidr", self.gcp.master_cidr))
+        problems: list[str] = []
+        nets: list[tuple[str, ipaddress.IPv4Network]] = []
+        for key, text in ranges:
+            try:
+                nets.append((key, ipaddress.IPv4Network(text, strict=True)))
+            except ValueError as e:
+                problems.append(f"{key}: {text!r} is not an IPv4 CIDR block ({e}); write it like 10.0.0.0/16")
+        for i, (key_a, a) in enumerate(nets):
+            for key_b, b in nets[i + 1 :]:
+                if a.overlaps(b):
+                    problems.append(f"{key_b}: {b} overlaps {key_a} ({a}); pick a range outside {a}")
+        by_key = dict(nets)
+        if self.cloud == "aws" and "aws.vpcCidr" in by_key:
+            vpc = by_key["aws.vpcCidr"]
+            # Two subnets (public, private) per AZ, each a quarter of the VPC's size or less.
+            if vpc.prefixlen > 20:
+                problems.append(f"aws.vpcCidr: {vpc} is too small for subnets in every AZ; use a /20 or larger")
+        if self.cloud == "gcp" and self.gcp and self.gcp.private_nodes and "gcp.masterCidr" in by_key:
+            if by_key["gcp.masterCidr"].prefixlen != 28:
+                problems.append(f"gcp.masterCidr: GKE needs a /28 for the control plane, got {by_key['gcp.masterCidr']}")
+        return problems
+
+    def instance_types(self, pool: Literal["system", "task"]) -> list[str]:
+        """The pool's instance types, or the cloud's defaults when the stack sets none."""
+        cfg = self.system_pool if pool == "system" else self.task_pool
+        return list(cfg.instance_types or _DEFAULT_INSTANCE_TYPES[self.cloud][pool])
+
+    @property
+    def scale_down_unneeded_seconds(self) -> int:
+        return _duration_seconds(self.cluster_autoscaler.scale_down_unneeded_time)
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "is not a known key; check its spelling against the README's config reference"
+        elif e["type"] == "missing":
+            msg = "is required; set it in the stack file"
+        elif e["type"] == "literal_error":
+            msg = f"{e['input']!r} is not allowed; {e['msg'].lower()}"
+        for line in msg.split("\n"):
+            # Model-level messages start with the key they are about ("taskPool.minSize: ..."), relative to loc.
+            m = re.match(r"^([a-zA-Z.]+): (.*)$", line)
+            key, text = (".".join(filter(None, [loc, m.group(1)])), m.group(2)) if m else (loc, line)
+            problems.append(f"{PROJECT}:{key}: {text}" if key else f"{PROJECT}: {text}")
+    return problems
+
+
+def parse_stack_config(raw: dict[str, Any]) -> StackConfig:
+    """Validate raw config (camelCase keys, values as YAML/JSON gives them) or raise ConfigError."""
+    try:
+        return StackConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def _decode(value: str) -> Any:
+    # Pulumi hands structured config over as JSON text and scalars as plain strings.
+    if value[:1] in ("{", "["):
+        return json.loads(value)
+    return value
+
+
+def load_stack_config() -> StackConfig:
+    """Read this project's keys from the current stack's Pulumi config and validate them."""
+    from pulumi.runtime import config as runtime_config
+
+    prefix = PROJECT + ":"
+    raw: dict[str, Any] = {}
+    all_config: dict[str, str] = dict(runtime_config.CONFIG.get())
+    for full_key, value in all_config.items():
+        if full_key.startswith(prefix):
+            raw[full_key[len(prefix) :]] = _decode(value)
+    return parse_stack_config(raw)

@@ -1,0 +1,517 @@
+"""A regional GKE cluster with a system node pool and a task node pool that scales from zero.
+
+Resources (all children of the component, all through one explicit `gcp.Provider`):
+
+- VPC network (custom subnets) and a subnet with secondary ranges for pods and services (VPC-native),
+  Private Google Access on; with private nodes, a Cloud Router + Cloud NAT for egress (image pulls from
+  Docker Hub, git-sync) and a firewall rule letting the control plane reach KEDA's webhook/metrics ports.
+- A node service account with only the roles nodes need (logs, metrics, image pulls).
+- The cluster: default pool removed, Workload Identity, release channel, Dataplane V2, shielded nodes.
+- Two node pools: "system" (Airflow, add-ons; never below one node) and "tasks" (the TASK_POOL label and
+  taint, optionally spot, 0..N nodes).
+- A Kubernetes provider from a kubeconfig that authenticates with `gke-gcloud-auth-plugin`.
+
+Node scaling: GKE runs its own cluster autoscaler, so no Cluster Autoscaler chart is installed on GKE.
+Its scale-down timing is not a flag we can set; it follows `gcp.autoscalingProfile`: OPTIMIZE_UTILIZATION
+(the default here) removes idle nodes sooner and packs pods tighter than BALANCED, which keeps an idle
+task node billed longer. The `clusterAutoscaler` config section (scale-down times) applies to EKS only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+import yaml
+
+from airflow_on_k8s.contract import WorkloadIdentity
+from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig
+from airflow_on_k8s.gcp.workload_identity import GkeWorkloadIdentity, service_account_id
+from airflow_on_k8s.task_pool import TASK_POOL, TaskPoolSelector
+
+# Project roles for the node service account, and nothing broader: write logs and metrics, read
+# monitoring config, report resource metadata, pull images from Artifact Registry.
+# (Google's "minimally privileged node service account" list.)
+NODE_SERVICE_ACCOUNT_ROLES: tuple[str, ...] = (
+    "roles/logging.logWriter",
+    "roles/monitoring.metricWriter",
+    "roles/monitoring.viewer",
+    "roles/stackdriver.resourceMetadata.writer",
+    "roles/artifactregistry.reader",
+)
+
+# Access is decided by the IAM roles above; the broad OAuth scope only stops scopes from narrowing it further
+# (Google's recommendation for custom node service accounts).
+NODE_OAUTH_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+
+# GKE places a regional cluster's nodes in three of the region's zones unless told otherwise.
+DEFAULT_ZONE_COUNT = 3
+
+# Ports the control plane must reach on nodes besides 443/10250 (which GKE opens itself) on a private cluster:
+# KEDA's metrics API server (6443) and KEDA's admission webhooks (9443).
+CONTROL_PLANE_TO_NODE_PORTS = ["6443", "9443"]
+
+
+@dataclass(frozen=True)
+class GkeNodePoolSpec:
+    """One node pool's shape. Sizes are pool-wide totals, not per zone."""
+
+    machine_type: str
+    min_nodes: int
+    max_nodes: int
+    spot: bool
+    disk_size_gb: int
+
+
+@dataclass(frozen=True)
+class GkeClusterArgs:
+    """Everything `GkeCluster` needs; `from_stack` builds it from the stack config and checks what GKE cannot take."""
+
+    cluster_name: str
+    project: str
+    region: str
+    kubernetes_version: str
+    node_zones: tuple[str, ...]
+    subnet_cidr: str
+    pods_cidr: str
+    services_cidr: str
+    private_nodes: bool
+    master_cidr: str
+    master_authorized_cidrs: tuple[str, ...]
+    release_channel: str
+    autoscaling_profile: str
+    system_pool: GkeNodePoolSpec
+    task_pool: GkeNodePoolSpec
+    # Deletion protection on the cluster (GKE's flag and Pulumi's protect).
+    protect: bool
+    labels: dict[str, str]
+
+    @property
+    def workload_pool(self) -> str:
+        return f"{self.project}.svc.id.goog"
+
+    @property
+    def pods_range_name(self) -> str:
+        """The subnet's secondary range for pod IPs."""
+        return f"{self.cluster_name}-pods"
+
+    @property
+    def services_range_name(self) -> str:
+        """The subnet's secondary range for Service cluster IPs."""
+        return f"{self.cluster_name}-services"
+
+    @classmethod
+    def from_stack(cls, config: StackConfig) -> GkeClusterArgs:
+        """Args for `config` (a gcp stack), or ConfigError naming each key GKE cannot take as set."""
+        gcp_cfg = config.gcp
+        if config.cloud != "gcp" or gcp_cfg is None:
+            raise ConfigError([f"{PROJECT}:cloud: GkeCluster needs cloud: gcp and a gcp section, got {config.cloud!r}"])
+        problems: list[str] = []
+        pools: dict[str, GkeNodePoolSpec] = {}
+        for pool in ("system", "task"):
+            key = f"{pool}Pool"
+            types = config.instance_types(pool)
+            # A GKE node pool has exactly one machine type (unlike an EKS node group). Picking the first
+            # silently would hide the others, so we ask the user to choose.
+            if len(types) != 1:
+                problems.append(
+                    f"{PROJECT}:{key}.instanceTypes: GKE node pools take one machine type, got {types}; "
+                    f"keep one, e.g. [{types[0]}]"
+                )
+            cfg = config.system_pool if pool == "system" else config.task_pool
+            pools[pool] = GkeNodePoolSpec(
+                machine_type=types[0],
+                min_nodes=cfg.min_size,
+                max_nodes=cfg.max_size,
+                spot=cfg.spot,
+                disk_size_gb=cfg.disk_size_gb,
+            )
+        zone_count = len(gcp_cfg.node_zones) or DEFAULT_ZONE_COUNT
+        # The system pool starts with one node per zone (initial_node_count is per zone).
+        if config.system_pool.max_size < zone_count:
+            problems.append(
+                f"{PROJECT}:systemPool.maxSize: {config.system_pool.max_size} is below the {zone_count} zones "
+                f"the system pool starts one node in; raise maxSize to {zone_count} or list fewer gcp.nodeZones"
+            )
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            cluster_name=config.cluster_name,
+            project=gcp_cfg.project,
+            region=gcp_cfg.region,
+            kubernetes_version=config.kubernetes_version,
+            node_zones=tuple(gcp_cfg.node_zones),
+            subnet_cidr=gcp_cfg.subnet_cidr,
+            pods_cidr=gcp_cfg.pods_cidr,
+            services_cidr=gcp_cfg.services_cidr,
+            private_nodes=gcp_cfg.private_nodes,
+            master_cidr=gcp_cfg.master_cidr,
+            master_authorized_cidrs=tuple(gcp_cfg.master_authorized_cidrs),
+            release_channel=gcp_cfg.release_channel,
+            autoscaling_profile=gcp_cfg.autoscaling_profile,
+            system_pool=pools["system"],
+            task_pool=pools["task"],
+            protect=config.protect,
+            labels=gcp_labels({**config.tags, "airflow-cluster": config.cluster_name}),
+        )
+
+
+def gcp_labels(tags: dict[str, str]) -> dict[str, str]:
+    """Stack tags as GCP labels: lowercase letters, digits, '_' and '-', at most 63 chars, keys start with a letter."""
+
+    def clean(text: str) -> str:
+        return "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in text.lower())[:63]
+
+    labels = {}
+    for key, value in tags.items():
+        k = clean(key)
+        labels[k if k[:1].isalpha() else f"k_{k}"[:63]] = clean(value)
+    return labels
+
+
+def gke_kubeconfig(endpoint: str, ca_data: str, context: str) -> str:
+    """A kubeconfig whose tokens come from `gke-gcloud-auth-plugin`, as `gcloud ... get-credentials` writes it."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": context, "cluster": {"server": f"https://{endpoint}", "certificate-authority-data": ca_data}}
+            ],
+            "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
+            "current-context": context,
+            "users": [
+                {
+                    "name": context,
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1beta1",
+                            "command": "gke-gcloud-auth-plugin",
+                            "installHint": "Install gke-gcloud-auth-plugin: "
+                            "gcloud components install gke-gcloud-auth-plugin",
+                            "provideClusterInfo": True,
+                        }
+                    },
+                }
+            ],
+        },
+        sort_keys=False,
+    )
+
+
+class GkeCluster(pulumi.ComponentResource):
+    """A GKE cluster implementing `KubernetesCluster`.
+
+    Attributes (besides the `KubernetesCluster` contract):
+    - `gcp_provider`: the explicit Google provider every GCP resource here uses; reuse it for more GCP resources.
+    - `project`, `region`: where the cluster lives.
+    - `network_id`, `network_self_link`: the VPC (Cloud SQL with private IP peers with this network).
+    - `subnetwork_self_link`: the nodes' subnet.
+    - `node_service_account_email`: the identity the nodes (not the pods) run as.
+    - `system_node_pool`, `task_node_pool`: the two `gcp.container.NodePool`s.
+    """
+
+    cloud: str = "gcp"
+    cluster_name: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    provider: k8s.Provider
+    task_pool: TaskPoolSelector
+    workload_identity: WorkloadIdentity
+
+    def __init__(self, name: str, args: GkeClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("airflow-on-k8s:cluster:GkeCluster", name, None, opts)
+        self.project = args.project
+        self.region = args.region
+        self.task_pool = TASK_POOL
+
+        self.gcp_provider = gcp.Provider(
+            f"{name}-gcp",
+            project=args.project,
+            region=args.region,
+            default_labels=args.labels,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        child = pulumi.ResourceOptions(parent=self, provider=self.gcp_provider)
+
+        network, subnet = self._network(name, args, child)
+        node_sa, node_sa_roles = self._node_service_account(name, args, child)
+        nat = self._nat(name, args, network, subnet, child) if args.private_nodes else None
+
+        cluster = gcp.container.Cluster(
+            name,
+            name=args.cluster_name,
+            location=args.region,
+            node_locations=list(args.node_zones) or None,
+            network=network.id,
+            subnetwork=subnet.id,
+            networking_mode="VPC_NATIVE",
+            ip_allocation_policy=gcp.container.ClusterIpAllocationPolicyArgs(
+                cluster_secondary_range_name=args.pods_range_name,
+                services_secondary_range_name=args.services_range_name,
+            ),
+            # GKE cannot create a cluster without a pool: it creates a one-node default pool and we delete it
+            # at once, managing our own pools. The throwaway pool runs as the minimal node account, not the
+            # Compute Engine default account (which may be disabled or over-privileged).
+            remove_default_node_pool=True,
+            initial_node_count=1,
+            node_config=gcp.container.ClusterNodeConfigArgs(
+                service_account=node_sa.email,
+                oauth_scopes=NODE_OAUTH_SCOPES,
+                workload_metadata_config=gcp.container.ClusterNodeConfigWorkloadMetadataConfigArgs(mode="GKE_METADATA"),
+                shielded_instance_config=gcp.container.ClusterNodeConfigShieldedInstanceConfigArgs(
+                    enable_secure_boot=True, enable_integrity_monitoring=True
+                ),
+            ),
+            min_master_version=args.kubernetes_version,
+            release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.release_channel),
+            workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(workload_pool=args.workload_pool),
+            # Node auto-provisioning stays off (we own the pools); the profile sets how eagerly GKE's own
+            # autoscaler removes idle nodes, i.e. how soon an empty task node stops costing money.
+            cluster_autoscaling=gcp.container.ClusterClusterAutoscalingArgs(
+                enabled=False, autoscaling_profile=args.autoscaling_profile
+            ),
+            private_cluster_config=(
+                gcp.container.ClusterPrivateClusterConfigArgs(
+                    enable_private_nodes=True,
+                    # The endpoint stays reachable (from the authorized networks below) so Pulumi can deploy.
+                    enable_private_endpoint=False,
+                    master_ipv4_cidr_block=args.master_cidr,
+                )
+                if args.private_nodes
+                else None
+            ),
+            master_authorized_networks_config=gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(
+                cidr_blocks=[
+                    gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=c, display_name=c)
+                    for c in args.master_authorized_cidrs
+                ]
+            ),
+            # Dataplane V2 (eBPF): NetworkPolicy enforcement built in, no separate Calico add-on.
+            datapath_provider="ADVANCED_DATAPATH",
+            enable_shielded_nodes=True,
+            addons_config=gcp.container.ClusterAddonsConfigArgs(
+                # The bundled Postgres and Redis (dev) need persistent volumes.
+                gce_persistent_disk_csi_driver_config=gcp.container.ClusterAddonsConfigGcePersistentDiskCsiDriverConfigArgs(
+                    enabled=True
+                ),
+            ),
+            logging_config=gcp.container.ClusterLoggingConfigArgs(enable_components=["SYSTEM_COMPONENTS", "WORKLOADS"]),
+            monitoring_config=gcp.container.ClusterMonitoringConfigArgs(enable_components=["SYSTEM_COMPONENTS"]),
+            deletion_protection=args.protect,
+            opts=pulumi.ResourceOptions.merge(
+                child,
+                pulumi.ResourceOptions(
+                    protect=args.protect,
+                    # node_config only shapes the deleted default pool; once it is gone GKE reports none, and a
+                    # diff on it would replace the whole cluster.
+                    ignore_changes=["nodeConfig", "initialNodeCount"],
+                ),
+            ),
+        )
+
+        pool_depends_on: list[pulumi.Resource] = [*node_sa_roles, *([nat] if nat else [])]
+        self.system_node_pool = self._node_pool(
+            f"{name}-system",
+            args,
+            cluster,
+            node_sa,
+            args.system_pool,
+            labels={},
+            taints=[],
+            # Keep system nodes spread over the zones so one zone outage leaves Airflow a node.
+            location_policy="BALANCED",
+            initial_node_count=1,
+            depends_on=pool_depends_on,
+            opts=child,
+        )
+        self.task_node_pool = self._node_pool(
+            f"{name}-tasks",
+            args,
+            cluster,
+            node_sa,
+            args.task_pool,
+            labels=TASK_POOL.labels,
+            taints=[
+                gcp.container.NodePoolNodeConfigTaintArgs(
+                    key=TASK_POOL.taint_key, value=TASK_POOL.taint_value, effect=TASK_POOL.gke_taint_effect
+                )
+            ],
+            # ANY: take capacity in whichever zone has it, which matters most for spot VMs.
+            location_policy="ANY",
+            initial_node_count=0,
+            depends_on=pool_depends_on,
+            opts=child,
+        )
+
+        if args.private_nodes:
+            gcp.compute.Firewall(
+                f"{name}-control-plane-to-webhooks",
+                network=network.id,
+                description="GKE control plane to KEDA metrics API (6443) and admission webhooks (9443) on nodes",
+                direction="INGRESS",
+                source_ranges=[args.master_cidr],
+                target_service_accounts=[node_sa.email],
+                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=CONTROL_PLANE_TO_NODE_PORTS)],
+                opts=child,
+            )
+
+        context = f"gke_{args.project}_{args.region}_{args.cluster_name}"
+        self.cluster_name = cluster.name
+        self.kubeconfig = pulumi.Output.secret(
+            pulumi.Output.all(cluster.endpoint, cluster.master_auth.cluster_ca_certificate).apply(
+                lambda values: gke_kubeconfig(values[0], values[1], context)
+            )
+        )
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            # Kubernetes resources wait for both pools; otherwise Helm releases time out on a node-less cluster.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_pool, self.task_node_pool]),
+        )
+        self.workload_identity = GkeWorkloadIdentity(args.cluster_name, args.project, self.gcp_provider, cluster)
+        self.network_id = network.id
+        self.network_self_link = network.self_link
+        self.subnetwork_self_link = subnet.self_link
+        self.node_service_account_email = node_sa.email
+
+        self.register_outputs(
+            {
+                "cluster_name": self.cluster_name,
+                "kubeconfig": self.kubeconfig,
+                "network_id": self.network_id,
+                "network_self_link": self.network_self_link,
+                "subnetwork_self_link": self.subnetwork_self_link,
+                "node_service_account_email": self.node_service_account_email,
+            }
+        )
+
+    def _network(
+        self, name: str, args: GkeClusterArgs, opts: pulumi.ResourceOptions
+    ) -> tuple[gcp.compute.Network, gcp.compute.Subnetwork]:
+        network = gcp.compute.Network(
+            f"{name}-network",
+            auto_create_subnetworks=False,
+            routing_mode="REGIONAL",
+            opts=opts,
+        )
+        subnet = gcp.compute.Subnetwork(
+            f"{name}-subnet",
+            network=network.id,
+            region=args.region,
+            ip_cidr_range=args.subnet_cidr,
+            secondary_ip_ranges=[
+                gcp.compute.SubnetworkSecondaryIpRangeArgs(range_name=args.pods_range_name, ip_cidr_range=args.pods_cidr),
+                gcp.compute.SubnetworkSecondaryIpRangeArgs(
+                    range_name=args.services_range_name, ip_cidr_range=args.services_cidr
+                ),
+            ],
+            # Nodes without public IPs still reach Google APIs (Artifact Registry, GCS, Logging).
+            private_ip_google_access=True,
+            opts=opts,
+        )
+        return network, subnet
+
+    def _nat(
+        self,
+        name: str,
+        args: GkeClusterArgs,
+        network: gcp.compute.Network,
+        subnet: gcp.compute.Subnetwork,
+        opts: pulumi.ResourceOptions,
+    ) -> gcp.compute.RouterNat:
+        # Private nodes have no public IPs; Cloud NAT gives them (and pods) egress to the internet.
+        router = gcp.compute.Router(f"{name}-router", network=network.id, region=args.region, opts=opts)
+        return gcp.compute.RouterNat(
+            f"{name}-nat",
+            router=router.name,
+            region=args.region,
+            nat_ip_allocate_option="AUTO_ONLY",
+            source_subnetwork_ip_ranges_to_nat="LIST_OF_SUBNETWORKS",
+            subnetworks=[
+                gcp.compute.RouterNatSubnetworkArgs(name=subnet.id, source_ip_ranges_to_nats=["ALL_IP_RANGES"])
+            ],
+            log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
+            opts=opts,
+        )
+
+    def _node_service_account(
+        self, name: str, args: GkeClusterArgs, opts: pulumi.ResourceOptions
+    ) -> tuple[gcp.serviceaccount.Account, list[gcp.projects.IAMMember]]:
+        account = gcp.serviceaccount.Account(
+            f"{name}-nodes",
+            account_id=service_account_id(args.cluster_name, "nodes"),
+            display_name=f"GKE nodes of {args.cluster_name}",
+            project=args.project,
+            opts=opts,
+        )
+        member = account.email.apply(lambda email: f"serviceAccount:{email}")
+        roles = [
+            gcp.projects.IAMMember(
+                f"{name}-nodes-{role.removeprefix('roles/').replace('.', '-')}",
+                project=args.project,
+                role=role,
+                member=member,
+                opts=opts,
+            )
+            for role in NODE_SERVICE_ACCOUNT_ROLES
+        ]
+        return account, roles
+
+    def _node_pool(
+        self,
+        resource_name: str,
+        args: GkeClusterArgs,
+        cluster: gcp.container.Cluster,
+        node_sa: gcp.serviceaccount.Account,
+        spec: GkeNodePoolSpec,
+        labels: dict[str, str],
+        taints: list[gcp.container.NodePoolNodeConfigTaintArgs],
+        location_policy: Literal["BALANCED", "ANY"],
+        initial_node_count: int,
+        depends_on: list[pulumi.Resource],
+        opts: pulumi.ResourceOptions,
+    ) -> gcp.container.NodePool:
+        return gcp.container.NodePool(
+            resource_name,
+            cluster=cluster.name,
+            location=args.region,
+            node_locations=list(args.node_zones) or None,
+            # initial_node_count is per zone; the autoscaler takes over from there.
+            initial_node_count=initial_node_count,
+            # total_* limits count the whole pool; min/max_node_count would count per zone, so a regional pool
+            # with min 1 would keep one node in every zone and max would multiply by the zone count.
+            autoscaling=gcp.container.NodePoolAutoscalingArgs(
+                total_min_node_count=spec.min_nodes,
+                total_max_node_count=spec.max_nodes,
+                location_policy=location_policy,
+            ),
+            management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
+            node_config=gcp.container.NodePoolNodeConfigArgs(
+                machine_type=spec.machine_type,
+                disk_size_gb=spec.disk_size_gb,
+                disk_type="pd-balanced",
+                spot=spec.spot,
+                # Left unset (not empty lists) on a pool that has none.
+                labels=labels or None,
+                taints=taints or None,
+                service_account=node_sa.email,
+                oauth_scopes=NODE_OAUTH_SCOPES,
+                # Pods get credentials only through Workload Identity, never the node's own account.
+                workload_metadata_config=gcp.container.NodePoolNodeConfigWorkloadMetadataConfigArgs(mode="GKE_METADATA"),
+                shielded_instance_config=gcp.container.NodePoolNodeConfigShieldedInstanceConfigArgs(
+                    enable_secure_boot=True, enable_integrity_monitoring=True
+                ),
+            ),
+            opts=pulumi.ResourceOptions.merge(
+                opts,
+                pulumi.ResourceOptions(
+                    # The autoscaler owns the node count; Pulumi must not scale the pool back on the next `up`.
+                    ignore_changes=["nodeCount", "initialNodeCount"],
+                    depends_on=depends_on,
+                ),
+            ),
+        )
+

@@ -1,0 +1,156 @@
+"""Google Cloud data services for Airflow: a GCS bucket for task logs, Cloud SQL for PostgreSQL for metadata.
+
+Both stay private: the bucket has uniform bucket-level access and public access prevention (only the
+Workload Identity service accounts bound by the Airflow component can touch it), and Cloud SQL has no
+public IP; it is reached over private services access on the GKE network, with TLS required.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_random as random
+
+from airflow_on_k8s.contract import CloudServices, KubernetesCluster, LogStore, PostgresDatabase
+from airflow_on_k8s.config import StackConfig
+
+POSTGRES_VERSION = "POSTGRES_16"
+# Shared-core for dev; a dedicated 2 vCPU / 7.5 GiB machine (regional, HA) for protected stacks.
+DB_TIERS = {False: "db-g1-small", True: "db-custom-2-7680"}
+LOG_RETENTION_DAYS = 90
+DATABASE = "airflow"
+DB_USER = "airflow"
+
+
+@dataclass(frozen=True)
+class GcpServicesArgs:
+    project: str
+    region: str
+    cluster_name: str
+    protect: bool
+    labels: dict[str, str]
+
+
+class GcpServices(CloudServices):
+    """GCS and Cloud SQL, created in the GKE cluster's project, region and network."""
+
+    def __init__(self, args: GcpServicesArgs, cluster: Any) -> None:
+        self.args = args
+        # GkeCluster attributes beyond the contract: its GCP provider and VPC network.
+        self._provider: gcp.Provider = cluster.gcp_provider
+        self._network: pulumi.Output[str] = cluster.network_self_link
+
+    @classmethod
+    def from_stack(cls, config: StackConfig, cluster: KubernetesCluster) -> GcpServices:
+        assert config.gcp is not None  # StackConfig requires the gcp section when cloud is gcp
+        from airflow_on_k8s.gcp.cluster import gcp_labels
+
+        return cls(
+            GcpServicesArgs(
+                project=config.gcp.project,
+                region=config.gcp.region,
+                cluster_name=config.cluster_name,
+                protect=config.protect,
+                labels=gcp_labels(config.tags),
+            ),
+            cluster,
+        )
+
+    def _opts(self, parent: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=parent, provider=self._provider, **extra)
+
+    def log_store(self, name: str, parent: pulumi.Resource) -> LogStore:
+        a = self.args
+        bucket = gcp.storage.Bucket(
+            name,
+            name=f"{a.project}-{a.cluster_name}-airflow-logs",
+            project=a.project,
+            location=a.region,
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            force_destroy=not a.protect,
+            lifecycle_rules=[
+                gcp.storage.BucketLifecycleRuleArgs(
+                    action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(age=LOG_RETENTION_DAYS),
+                )
+            ],
+            labels=a.labels,
+            opts=self._opts(parent, protect=a.protect),
+        )
+        return LogStore(
+            bucket=bucket.name,
+            base_url=bucket.name.apply(lambda b: f"gs://{b}/logs"),
+            connection_id="google_cloud_default",
+            # No key: the Google provider falls back to Application Default Credentials (Workload Identity).
+            connection_uri="google-cloud-platform://",
+        )
+
+    def postgres(self, name: str, parent: pulumi.Resource) -> PostgresDatabase:
+        a = self.args
+        # Private services access: a peering range in the GKE network for Google-managed services.
+        peering_range = gcp.compute.GlobalAddress(
+            f"{name}-peering-range",
+            name=f"{a.cluster_name}-sql-peering",
+            project=a.project,
+            purpose="VPC_PEERING",
+            address_type="INTERNAL",
+            prefix_length=20,
+            network=self._network,
+            opts=self._opts(parent),
+        )
+        peering = gcp.servicenetworking.Connection(
+            f"{name}-peering",
+            network=self._network,
+            service="servicenetworking.googleapis.com",
+            reserved_peering_ranges=[peering_range.name],
+            opts=self._opts(parent),
+        )
+        instance = gcp.sql.DatabaseInstance(
+            name,
+            name=f"{a.cluster_name}-airflow",
+            project=a.project,
+            region=a.region,
+            database_version=POSTGRES_VERSION,
+            deletion_protection=a.protect,
+            settings=gcp.sql.DatabaseInstanceSettingsArgs(
+                tier=DB_TIERS[a.protect],
+                availability_type="REGIONAL" if a.protect else "ZONAL",
+                disk_autoresize=True,
+                user_labels=a.labels,
+                ip_configuration=gcp.sql.DatabaseInstanceSettingsIpConfigurationArgs(
+                    ipv4_enabled=False,
+                    private_network=self._network,
+                    ssl_mode="ENCRYPTED_ONLY",
+                ),
+                backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
+                    enabled=True, point_in_time_recovery_enabled=a.protect
+                ),
+            ),
+            opts=self._opts(parent, depends_on=[peering], protect=a.protect),
+        )
+        database = gcp.sql.Database(
+            f"{name}-database", name=DATABASE, instance=instance.name, project=a.project, opts=self._opts(parent)
+        )
+        password = random.RandomPassword(
+            f"{name}-password", length=32, special=False, opts=pulumi.ResourceOptions(parent=parent)
+        ).result
+        user = gcp.sql.User(
+            f"{name}-user",
+            name=DB_USER,
+            instance=instance.name,
+            project=a.project,
+            password=password,
+            opts=self._opts(parent, depends_on=[database]),
+        )
+        return PostgresDatabase(
+            host=pulumi.Output.all(instance.private_ip_address, user.id).apply(lambda v: v[0]),
+            port=pulumi.Output.from_input(5432),
+            database=DATABASE,
+            user=DB_USER,
+            password=pulumi.Output.secret(password),
+            sslmode="require",
+        )

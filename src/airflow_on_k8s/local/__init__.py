@@ -1,0 +1,1 @@
+"""An existing cluster reached through a kubeconfig (kind, k3d, minikube, ...)."""

@@ -1,0 +1,1 @@
+"""Command-line tools: the offline preview and the generated config reference."""
