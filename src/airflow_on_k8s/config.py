@@ -64,7 +64,7 @@ class PoolConfig(_Model):
     instance_types: list[str] | None = None
     """EC2 instance types (AWS) or machine types (GCP); unset means the cloud default for the pool."""
     min_size: int = Field(default=1, ge=0)
-    """Fewest nodes. The system pool needs 1 or more; the task pool must be 0."""
+    """Fewest nodes."""
     max_size: int = Field(default=3, ge=0)
     """Most nodes the autoscaler may add."""
     spot: bool = False
@@ -92,6 +92,25 @@ class PoolConfig(_Model):
         if self.max_size == 0:
             raise ValueError("maxSize: is 0, so the pool could never run a pod; set it to 1 or more")
         return self
+
+
+class SystemPoolConfig(PoolConfig):
+    """The default (system) pool: system add-ons and Airflow itself."""
+
+    min_size: int = Field(default=2, ge=0)
+    """Fewest nodes (1 or more on a cloud)."""
+    max_size: int = Field(default=4, ge=0)
+    """Most nodes the autoscaler may add."""
+
+
+class TaskPoolConfig(PoolConfig):
+    """The task pool: KubernetesPodOperator pods only; scales from zero, so a section like
+    `taskPool: {maxSize: 10, spot: true}` needs no minSize."""
+
+    min_size: int = Field(default=0, ge=0)
+    """Fewest nodes: must be 0, so the pool costs nothing while idle."""
+    max_size: int = Field(default=10, ge=0)
+    """Most nodes the autoscaler may add."""
 
 
 class AwsConfig(_Model):
@@ -370,9 +389,9 @@ class StackConfig(_Model):
     """Google Cloud settings; required when cloud is gcp."""
     local: LocalConfig | None = None
     """Local cluster settings, for cloud local."""
-    system_pool: PoolConfig = PoolConfig(min_size=2, max_size=4)
+    system_pool: SystemPoolConfig = SystemPoolConfig()
     """The default pool: system add-ons and Airflow itself."""
-    task_pool: PoolConfig = PoolConfig(min_size=0, max_size=10)
+    task_pool: TaskPoolConfig = TaskPoolConfig()
     """The task pool: KubernetesPodOperator pods only; scales from zero."""
     cluster_autoscaler: ClusterAutoscalerConfig = ClusterAutoscalerConfig()
     """Node scale-down timing (EKS; GKE uses its autoscaling profile)."""

@@ -39,16 +39,20 @@ def _type_name(annotation: typing.Any) -> str:
     return text.replace("typing.", "").replace("NoneType", "None").replace("|", "\\|")
 
 
-def _default(field) -> str:  # noqa: ANN001 - pydantic FieldInfo
-    if field.default is PydanticUndefined:
+def _default(field, section_default: BaseModel | None = None, name: str = "") -> str:  # noqa: ANN001 - FieldInfo
+    # Inside a section whose default is an instance (e.g. `taskPool`), that instance's value is the default users
+    # get, not the field's class default.
+    value = getattr(section_default, name) if section_default is not None else field.default
+    if value is PydanticUndefined:
         return "required"
-    value = field.default
     if isinstance(value, BaseModel):
         return ""
     return f"`{json.dumps(value)}`"
 
 
-def rows(model: type[BaseModel] = StackConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def rows(
+    model: type[BaseModel] = StackConfig, prefix: str = "", section_default: BaseModel | None = None
+) -> list[tuple[str, str, str, str]]:
     """(key, type, default, description) for every config key, nested sections flattened with dots."""
     out = []
     for name, field in model.model_fields.items():
@@ -57,9 +61,10 @@ def rows(model: type[BaseModel] = StackConfig, prefix: str = "") -> list[tuple[s
         description = " ".join((field.description or "").split())
         if sub is not None:
             out.append((key, "section", _default(field) if field.default is None else "", description))
-            out += rows(sub, key + ".")
+            default = field.default if isinstance(field.default, BaseModel) else None
+            out += rows(sub, key + ".", default)
         else:
-            out.append((key, _type_name(field.annotation), _default(field), description))
+            out.append((key, _type_name(field.annotation), _default(field, section_default, name), description))
     return out
 
 
