@@ -30,6 +30,22 @@ STACKS_DIR = Path("stacks")
 PROJECT = "airflow-on-k8s"
 
 
+@dataclass(frozen=True)
+class Project:
+    """What Pulumi.yaml says about a program: its name (the prefix of bare config keys) and its stack files' folder."""
+
+    name: str
+    stacks_dir: Path
+
+    @classmethod
+    def read(cls, program_dir: Path | None = None) -> "Project":
+        program_dir = program_dir or Path.cwd()
+        path = program_dir / "Pulumi.yaml"
+        doc = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        # Pulumi's defaults: the stack files sit next to Pulumi.yaml unless stackConfigDir says otherwise.
+        return cls(doc.get("name", PROJECT), program_dir / doc.get("stackConfigDir", "."))
+
+
 class StackNotFound(LookupError):
     """The named stack has no stacks/Pulumi.<stack>.yaml."""
 
@@ -58,7 +74,7 @@ def available_stacks(stacks_dir: Path = STACKS_DIR) -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in stacks_dir.glob("Pulumi.*.yaml"))
 
 
-def read_stack_config(stack: str, stacks_dir: Path = STACKS_DIR) -> dict[str, str]:
+def read_stack_config(stack: str, stacks_dir: Path = STACKS_DIR, project: str = PROJECT) -> dict[str, str]:
     """The stack file's config as Pulumi hands it to a program: full keys, JSON text for structured values."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", stack) or not path.is_file():
@@ -70,7 +86,7 @@ def read_stack_config(stack: str, stacks_dir: Path = STACKS_DIR) -> dict[str, st
     config = doc.get("config") or {}
     out: dict[str, str] = {}
     for key, value in config.items():
-        full = key if ":" in key else f"{PROJECT}:{key}"
+        full = key if ":" in key else f"{project}:{key}"
         if isinstance(value, dict) and "secure" in value:
             value = "mock-secret-value"
         if isinstance(value, (dict, list)):
@@ -268,7 +284,7 @@ class ProgramRun:
         return found[0]
 
 
-def run_program(stack: str, program: Path | None = None, stacks_dir: Path = STACKS_DIR) -> ProgramRun:
+def run_program(stack: str, program: Path | None = None, stacks_dir: Path | None = None) -> ProgramRun:
     """Run `__main__.py` (or `program`) for `stack` under mocks; return every resource it registered.
 
     Raises StackNotFound for an unknown stack and airflow_on_k8s.config.ConfigError for bad config.
@@ -278,7 +294,8 @@ def run_program(stack: str, program: Path | None = None, stacks_dir: Path = STAC
     from pulumi.runtime import settings
     from pulumi.runtime.stack import run_pulumi_func
 
-    config = read_stack_config(stack, stacks_dir)
+    project = Project.read()
+    config = read_stack_config(stack, stacks_dir or project.stacks_dir, project.name)
     recorded: list[RecordedResource] = []
     mocks = _RecordingMocks()
     # One fresh event loop per run: the root Stack that set_mocks creates binds its futures to it.
@@ -286,7 +303,7 @@ def run_program(stack: str, program: Path | None = None, stacks_dir: Path = STAC
     asyncio.set_event_loop(loop)
     settings.reset_options()
     runtime_config.set_all_config(config, [])
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=True, monitor=_make_monitor(mocks, recorded))
+    pulumi.runtime.set_mocks(mocks, project=project.name, stack=stack, preview=True, monitor=_make_monitor(mocks, recorded))
     outputs: dict[str, Any] = {}
 
     root = settings.get_root_resource()

@@ -77,19 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m airflow_on_k8s.tools.preview",
         description="Run the Pulumi program for a stack under the mock runtime and show what it would create.",
     )
-    parser.add_argument("stack", help="stack name, e.g. aws-dev (reads stacks/Pulumi.<stack>.yaml)")
+    parser.add_argument("stack", help="stack name, e.g. aws-dev (reads Pulumi.<stack>.yaml from Pulumi.yaml's stackConfigDir)")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write every resource as JSON to FILE")
-    parser.add_argument("--stacks-dir", type=Path, default=None, help="where the stack files are (default: stacks/)")
+    parser.add_argument("--stacks-dir", type=Path, default=None, help="where the stack files are (default: Pulumi.yaml's stackConfigDir, else next to it)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not the tree")
     args = parser.parse_args(argv)
 
     # Imported here so `--help` stays instant.
     from airflow_on_k8s.config import ConfigError
-    from airflow_on_k8s.testing.mock_runtime import STACKS_DIR, StackNotFound, run_program
+    from airflow_on_k8s.testing.mock_runtime import StackNotFound, run_program
 
     started = time.monotonic()
     try:
-        run = run_program(args.stack, stacks_dir=args.stacks_dir or STACKS_DIR)
+        run = run_program(args.stack, stacks_dir=args.stacks_dir)
     except StackNotFound as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
