@@ -101,6 +101,18 @@ BAD_INPUTS = [
     ),
     pytest.param(with_(GCP_OK, gcp__masterCidr="172.16.0.0/24"), "gcp.masterCidr", "/28", id="master-cidr-size"),
     pytest.param(
+        with_(GCP_OK, gcp__cloudSql={"edition": "ENTERPRISE_PLUS", "tier": "db-custom-2-7680"}),
+        "gcp.cloudSql.tier", "set edition: ENTERPRISE", id="custom-tier-on-enterprise-plus",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__cloudSql={"tier": "db-perf-optimized-N-4"}),
+        "gcp.cloudSql.tier", "set edition: ENTERPRISE_PLUS", id="perf-optimized-tier-on-enterprise",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__cloudSql={"transactionLogRetentionDays": 14}),
+        "gcp.cloudSql.transactionLogRetentionDays", "lower it to 7", id="log-retention-beyond-enterprise",
+    ),
+    pytest.param(
         with_(AWS_OK, scaling__minWorkers=5, scaling__maxWorkers=2), "scaling.maxWorkers", "raise maxWorkers",
         id="workers-max-below-min",
     ),

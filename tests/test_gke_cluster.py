@@ -28,7 +28,7 @@ from airflow_on_k8s.gcp.cluster import (
 )
 from airflow_on_k8s.task_pool import TASK_POOL
 from tests.conftest import program_run
-from airflow_on_k8s.testing.mock_runtime import ProgramRun, fake_outputs, read_stack_config, run_program
+from airflow_on_k8s.testing.mock_runtime import STACKS_DIR, ProgramRun, fake_outputs, read_stack_config, run_program
 
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
@@ -441,3 +441,48 @@ def test_tags_become_valid_gcp_labels(tags: dict[str, str]) -> None:
     for key, value in gcp_labels(tags).items():
         assert re.match(r"^[a-z][a-z0-9_-]{0,62}$", key), key
         assert re.match(r"^[a-z0-9_-]{0,63}$", value), value
+
+
+# --- whole-program variants of a stack file -----------------------------------------------------------------
+
+
+def run_variant(tmp_path: Path, base: str, **changes) -> ProgramRun:
+    """The real program on a copy of `base`'s stack file with project keys changed (sections are merged)."""
+    doc = yaml.safe_load((STACKS_DIR / f"Pulumi.{base}.yaml").read_text())
+    config = doc["config"]
+    for key, value in changes.items():
+        full = f"{PROJECT}:{key}"
+        if isinstance(value, dict) and isinstance(config.get(full), dict):
+            value = {**config[full], **value}
+        config[full] = value
+    (tmp_path / f"Pulumi.{base}-variant.yaml").write_text(yaml.safe_dump(doc))
+    return run_program(f"{base}-variant", stacks_dir=tmp_path)
+
+
+# --- Cloud SQL (gcp-prod: airflow.database managed) ----------------------------------------------------------
+
+SQL_INSTANCE = "gcp:sql/databaseInstance:DatabaseInstance"
+
+
+def assert_tier_fits_edition(settings: dict) -> None:
+    # pulumi-gcp 10.2.0 sql/_inputs.py, `edition`: ENTERPRISE_PLUS takes only db-perf-optimized-N-* tiers;
+    # shared-core and custom tiers need ENTERPRISE. Unset on POSTGRES_16 means ENTERPRISE_PLUS.
+    assert settings.get("edition") in ("ENTERPRISE", "ENTERPRISE_PLUS"), "edition must be explicit"
+    assert settings["tier"].startswith("db-perf-optimized-N-") is (settings["edition"] == "ENTERPRISE_PLUS")
+
+
+def test_cloud_sql_sets_an_edition_that_takes_its_tier() -> None:
+    instance = program_run("gcp-prod").one(SQL_INSTANCE)
+    settings = instance.inputs["settings"]
+    assert_tier_fits_edition(settings)
+    assert settings["edition"] == stack_config("gcp-prod").gcp.cloud_sql.edition == "ENTERPRISE"
+    backup = settings["backupConfiguration"]
+    # Point-in-time recovery on a protected stack, with no more log days than ENTERPRISE keeps (1-7).
+    assert backup["pointInTimeRecoveryEnabled"] is True
+    assert 1 <= backup["transactionLogRetentionDays"] <= 7
+
+
+@pytest.mark.parametrize("edition", ["ENTERPRISE", "ENTERPRISE_PLUS"])
+def test_default_tier_follows_the_edition(tmp_path: Path, edition: str) -> None:
+    run = run_variant(tmp_path, "gcp-prod", gcp={"cloudSql": {"edition": edition}})
+    assert_tier_fits_edition(run.one(SQL_INSTANCE).inputs["settings"])

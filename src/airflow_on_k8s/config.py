@@ -152,6 +152,62 @@ class AwsConfig(_Model):
         return v
 
 
+# Cloud SQL tiers per edition. The pinned pulumi-gcp 10.2.0 (sql/_inputs.py, `edition`): "ENTERPRISE_PLUS supports
+# only predefined db-perf-optimized-N-* machine types ...; shared-core and custom tiers such as db-g1-small,
+# db-f1-micro, and db-custom-* require edition = "ENTERPRISE"".
+CLOUD_SQL_TIER_PATTERNS: dict[str, re.Pattern[str]] = {
+    "ENTERPRISE": re.compile(r"^db-(f1-micro|g1-small|custom-\d+-\d+|n1-(standard|highmem)-\d+)$"),
+    "ENTERPRISE_PLUS": re.compile(r"^db-perf-optimized-N-\d+$"),
+}
+# The tier when the stack names none: shared-core for dev, 2 vCPU / 7.5 GiB for protected stacks.
+CLOUD_SQL_DEFAULT_TIERS: dict[str, dict[bool, str]] = {
+    "ENTERPRISE": {False: "db-g1-small", True: "db-custom-2-7680"},
+    "ENTERPRISE_PLUS": {False: "db-perf-optimized-N-2", True: "db-perf-optimized-N-2"},
+}
+# Days of transaction logs kept for point-in-time recovery (same SDK, backup_configuration): "from 1-7. For
+# PostgreSQL Enterprise Plus ... from 1 to 35".
+CLOUD_SQL_MAX_LOG_RETENTION_DAYS = {"ENTERPRISE": 7, "ENTERPRISE_PLUS": 35}
+
+
+class CloudSqlConfig(_Model):
+    """Cloud SQL for PostgreSQL, the metadata database when `airflow.database` is `managed`."""
+
+    edition: Literal["ENTERPRISE", "ENTERPRISE_PLUS"] = "ENTERPRISE"
+    """Cloud SQL edition. Set explicitly: left unset, PostgreSQL 16 gets ENTERPRISE_PLUS, which refuses custom tiers."""
+    tier: str = ""
+    """Machine tier; empty means db-g1-small (db-custom-2-7680 with protect) on ENTERPRISE, db-perf-optimized-N-2 on ENTERPRISE_PLUS."""
+    transaction_log_retention_days: int = Field(default=7, ge=1, le=35)
+    """Days of transaction logs kept for point-in-time recovery (on with protect); at most 7 on ENTERPRISE."""
+
+    @model_validator(mode="after")
+    def _fits_edition(self) -> CloudSqlConfig:
+        problems = []
+        if self.tier and not CLOUD_SQL_TIER_PATTERNS[self.edition].match(self.tier):
+            other = next(e for e in CLOUD_SQL_TIER_PATTERNS if e != self.edition)
+            fix = (
+                f"set edition: {other}, or pick a {self.edition} tier"
+                if CLOUD_SQL_TIER_PATTERNS[other].match(self.tier)
+                else "pick a tier"
+            )
+            problems.append(
+                f"tier: {self.tier!r} is not a {self.edition} tier; Cloud SQL would reject it at create time; "
+                f"{fix} such as {CLOUD_SQL_DEFAULT_TIERS[self.edition][True]}"
+            )
+        most = CLOUD_SQL_MAX_LOG_RETENTION_DAYS[self.edition]
+        if self.transaction_log_retention_days > most:
+            problems.append(
+                f"transactionLogRetentionDays: {self.transaction_log_retention_days} is more than the {most} days "
+                f"the {self.edition} edition keeps; lower it to {most} or less"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def tier_for(self, protect: bool) -> str:
+        """The stack's tier, or the edition's default for a protected (prod) or unprotected stack."""
+        return self.tier or CLOUD_SQL_DEFAULT_TIERS[self.edition][protect]
+
+
 class GcpConfig(_Model):
     project: str
     """Google Cloud project ID."""
@@ -176,6 +232,8 @@ class GcpConfig(_Model):
     """GKE release channel."""
     autoscaling_profile: Literal["OPTIMIZE_UTILIZATION", "BALANCED"] = "OPTIMIZE_UTILIZATION"
     """GKE cluster autoscaler profile; OPTIMIZE_UTILIZATION removes idle nodes sooner."""
+    cloud_sql: CloudSqlConfig = CloudSqlConfig()
+    """Cloud SQL for the metadata database (airflow.database: managed)."""
 
     @field_validator("project")
     @classmethod

@@ -15,11 +15,9 @@ import pulumi_gcp as gcp
 import pulumi_random as random
 
 from airflow_on_k8s.contract import CloudServices, KubernetesCluster, LogStore, PostgresDatabase
-from airflow_on_k8s.config import StackConfig
+from airflow_on_k8s.config import CloudSqlConfig, StackConfig
 
 POSTGRES_VERSION = "POSTGRES_16"
-# Shared-core for dev; a dedicated 2 vCPU / 7.5 GiB machine (regional, HA) for protected stacks.
-DB_TIERS = {False: "db-g1-small", True: "db-custom-2-7680"}
 LOG_RETENTION_DAYS = 90
 DATABASE = "airflow"
 DB_USER = "airflow"
@@ -32,6 +30,8 @@ class GcpServicesArgs:
     cluster_name: str
     protect: bool
     labels: dict[str, str]
+    # Edition, tier and log retention, checked against each other by the config.
+    cloud_sql: CloudSqlConfig = CloudSqlConfig()
 
 
 class GcpServices(CloudServices):
@@ -55,6 +55,7 @@ class GcpServices(CloudServices):
                 cluster_name=config.cluster_name,
                 protect=config.protect,
                 labels=gcp_labels(config.tags),
+                cloud_sql=config.gcp.cloud_sql,
             ),
             cluster,
         )
@@ -117,7 +118,10 @@ class GcpServices(CloudServices):
             database_version=POSTGRES_VERSION,
             deletion_protection=a.protect,
             settings=gcp.sql.DatabaseInstanceSettingsArgs(
-                tier=DB_TIERS[a.protect],
+                # Always explicit: left unset, Cloud SQL makes a POSTGRES_16 instance ENTERPRISE_PLUS, which refuses
+                # shared-core and custom tiers (pulumi-gcp 10.2.0, sql/_inputs.py, `edition`).
+                edition=a.cloud_sql.edition,
+                tier=a.cloud_sql.tier_for(a.protect),
                 availability_type="REGIONAL" if a.protect else "ZONAL",
                 disk_autoresize=True,
                 user_labels=a.labels,
@@ -127,7 +131,10 @@ class GcpServices(CloudServices):
                     ssl_mode="ENCRYPTED_ONLY",
                 ),
                 backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
-                    enabled=True, point_in_time_recovery_enabled=a.protect
+                    enabled=True,
+                    point_in_time_recovery_enabled=a.protect,
+                    # Explicit, within what the edition keeps (7 days on ENTERPRISE, 35 on ENTERPRISE_PLUS).
+                    transaction_log_retention_days=a.cloud_sql.transaction_log_retention_days if a.protect else None,
                 ),
             ),
             opts=self._opts(parent, depends_on=[peering], protect=a.protect),
