@@ -118,14 +118,17 @@ def test_cluster_settings_follow_the_stack(gcp_run: ProgramRun) -> None:
     # Node auto-provisioning off; the profile drives GKE's own autoscaler.
     assert i["clusterAutoscaling"] == {"enabled": False, "autoscalingProfile": cfg.gcp.autoscaling_profile}
     assert cfg.gcp.autoscaling_profile == "OPTIMIZE_UTILIZATION"
+    # Default access model: the public endpoint stays on (the kubeconfig uses it) behind the authorized networks.
+    assert not cfg.gcp.private_endpoint
     assert i["privateClusterConfig"] == {
         "enablePrivateNodes": True,
         "enablePrivateEndpoint": False,
         "masterIpv4CidrBlock": cfg.gcp.master_cidr,
     }
-    assert [b["cidrBlock"] for b in i["masterAuthorizedNetworksConfig"]["cidrBlocks"]] == (
-        cfg.gcp.master_authorized_cidrs
-    )
+    authorized = i["masterAuthorizedNetworksConfig"]
+    assert [b["cidrBlock"] for b in authorized["cidrBlocks"]] == cfg.gcp.master_authorized_cidrs
+    # Only the listed networks, not any Google Cloud VM's public address.
+    assert authorized["gcpPublicCidrsAccessEnabled"] is False
     # The throwaway default pool runs as the minimal node account, and its config is ignored once deleted.
     node_sa = gcp_run.one("gcp:serviceaccount/account:Account", "-nodes")
     assert i["nodeConfig"]["serviceAccount"] == fake_outputs(node_sa.type, node_sa.name, node_sa.inputs)["email"]
@@ -317,6 +320,7 @@ PROGRAM = textwrap.dedent(
     pulumi.export("network_id", cluster.network_id)
     pulumi.export("network_self_link", cluster.network_self_link)
     pulumi.export("subnetwork_self_link", cluster.subnetwork_self_link)
+    pulumi.export("kubeconfig", cluster.kubeconfig)
     """
 )
 
@@ -375,6 +379,27 @@ def test_public_nodes_need_no_nat_or_control_plane_firewall(tmp_path: Path) -> N
     assert cluster["clusterAutoscaling"]["autoscalingProfile"] == "BALANCED"
 
 
+def test_private_endpoint_kubeconfig_uses_the_internal_address(tmp_path: Path) -> None:
+    """Fully private API: the only endpoint is internal, so the kubeconfig (and Pulumi) must use that address."""
+    run = run_with(tmp_path, "gcp-dev", privateEndpoint=True, masterAuthorizedCidrs=["10.50.0.0/20"])
+    cluster = run.one(CLUSTER)
+    private = cluster.inputs["privateClusterConfig"]
+    assert private["enablePrivateEndpoint"] is True
+    # Reachable from every region of the VPC (a runner or VPN gateway elsewhere), still only from authorized ranges.
+    assert private["masterGlobalAccessConfig"] == {"enabled": True}
+    assert [b["cidrBlock"] for b in cluster.inputs["masterAuthorizedNetworksConfig"]["cidrBlocks"]] == ["10.50.0.0/20"]
+    internal = fake_outputs(CLUSTER, cluster.name, cluster.inputs)["privateClusterConfig"]["privateEndpoint"]
+    kubeconfig = yaml.safe_load(run.outputs["kubeconfig"]["secret"])
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == f"https://{internal}"
+
+
+def test_public_endpoint_kubeconfig_uses_the_public_address(gcp_run: ProgramRun) -> None:
+    cluster = gcp_run.one(CLUSTER)
+    kubeconfig = yaml.safe_load(gcp_run.outputs["kubeconfig"]["secret"])
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == f"https://{fake_outputs(CLUSTER, cluster.name, {})['endpoint']}"
+    assert "masterGlobalAccessConfig" not in cluster.inputs["privateClusterConfig"]
+
+
 def test_binding_rejects_an_unknown_access_level() -> None:
     from airflow_on_k8s.gcp.workload_identity import GkeWorkloadIdentity
     from airflow_on_k8s.contract import BucketGrant
@@ -390,7 +415,10 @@ def test_binding_rejects_an_unknown_access_level() -> None:
 
 # --- args from config ------------------------------------------------------------------------------------
 
-GCP_DEV_RAW = {"cloud": "gcp", "gcp": {"project": "my-airflow-dev", "region": "europe-west1"}}
+GCP_DEV_RAW = {
+    "cloud": "gcp",
+    "gcp": {"project": "my-airflow-dev", "region": "europe-west1", "masterAuthorizedCidrs": ["203.0.113.10/32"]},
+}
 
 
 def test_several_machine_types_are_a_config_error_naming_the_pool() -> None:

@@ -80,7 +80,10 @@ class GkeClusterArgs:
     services_cidr: str
     private_nodes: bool
     master_cidr: str
+    # Sources admitted to the API: public egress addresses (public endpoint) or internal ranges (private endpoint).
     master_authorized_cidrs: tuple[str, ...]
+    # The API only on its internal address; the kubeconfig then points there.
+    private_endpoint: bool
     release_channel: str
     autoscaling_profile: str
     system_pool: GkeNodePoolSpec
@@ -150,6 +153,7 @@ class GkeClusterArgs:
             private_nodes=gcp_cfg.private_nodes,
             master_cidr=gcp_cfg.master_cidr,
             master_authorized_cidrs=tuple(gcp_cfg.master_authorized_cidrs),
+            private_endpoint=gcp_cfg.private_endpoint,
             release_channel=gcp_cfg.release_channel,
             autoscaling_profile=gcp_cfg.autoscaling_profile,
             system_pool=pools["system"],
@@ -276,9 +280,17 @@ class GkeCluster(pulumi.ComponentResource):
             private_cluster_config=(
                 gcp.container.ClusterPrivateClusterConfigArgs(
                     enable_private_nodes=True,
-                    # The endpoint stays reachable (from the authorized networks below) so Pulumi can deploy.
-                    enable_private_endpoint=False,
+                    # Default: the public endpoint stays on, open only to the authorized networks below (the
+                    # deployer's public address), so the same `up` that creates the cluster can deploy to it.
+                    enable_private_endpoint=args.private_endpoint,
                     master_ipv4_cidr_block=args.master_cidr,
+                    # The internal endpoint answers only clients in the cluster's region unless global access is
+                    # on; a runner or VPN gateway in another region of the VPC needs it.
+                    master_global_access_config=(
+                        gcp.container.ClusterPrivateClusterConfigMasterGlobalAccessConfigArgs(enabled=True)
+                        if args.private_endpoint
+                        else None
+                    ),
                 )
                 if args.private_nodes
                 else None
@@ -287,7 +299,9 @@ class GkeCluster(pulumi.ComponentResource):
                 cidr_blocks=[
                     gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=c, display_name=c)
                     for c in args.master_authorized_cidrs
-                ]
+                ],
+                # Only the listed networks: not every Google Cloud VM's public address as well.
+                gcp_public_cidrs_access_enabled=False,
             ),
             # Dataplane V2 (eBPF): NetworkPolicy enforcement built in, no separate Calico add-on.
             datapath_provider="ADVANCED_DATAPATH",
@@ -360,8 +374,15 @@ class GkeCluster(pulumi.ComponentResource):
 
         context = f"gke_{args.project}_{args.region}_{args.cluster_name}"
         self.cluster_name = cluster.name
+        # The address Pulumi and kubectl use: the internal one when that is the only endpoint. (`cluster.endpoint`
+        # is the public address whenever the public endpoint is on.)
+        api_address = (
+            cluster.private_cluster_config.apply(lambda c: c.private_endpoint)  # type: ignore[union-attr]
+            if args.private_endpoint
+            else cluster.endpoint
+        )
         self.kubeconfig = pulumi.Output.secret(
-            pulumi.Output.all(cluster.endpoint, cluster.master_auth.cluster_ca_certificate).apply(
+            pulumi.Output.all(api_address, cluster.master_auth.cluster_ca_certificate).apply(
                 lambda values: gke_kubeconfig(values[0], values[1], context)
             )
         )
