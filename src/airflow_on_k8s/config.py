@@ -241,6 +241,8 @@ class GcpConfig(_Model):
     """GKE cluster autoscaler profile; OPTIMIZE_UTILIZATION removes idle nodes sooner."""
     cloud_sql: CloudSqlConfig = CloudSqlConfig()
     """Cloud SQL for the metadata database (airflow.database: managed)."""
+    enable_apis: bool = True
+    """Enable the Google APIs the program uses (kept enabled on destroy); false if your project manages them."""
 
     @field_validator("project")
     @classmethod

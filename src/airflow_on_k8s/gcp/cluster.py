@@ -5,6 +5,7 @@ Resources (all children of the component, all through one explicit `gcp.Provider
 - VPC network (custom subnets) and a subnet with secondary ranges for pods and services (VPC-native),
   Private Google Access on; with private nodes, a Cloud Router + Cloud NAT for egress (image pulls from
   Docker Hub, git-sync) and a firewall rule letting the control plane reach KEDA's webhook/metrics ports.
+- The Google APIs the program uses, enabled first (`gcp.enableApis`) so a fresh project works.
 - A node service account with only the roles nodes need (logs, metrics, image pulls).
 - The cluster: default pool removed, Workload Identity, release channel, Dataplane V2, shielded nodes.
 - Two node pools: "system" (Airflow, add-ons; never below one node) and "tasks" (the TASK_POOL label and
@@ -32,16 +33,27 @@ from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig
 from airflow_on_k8s.gcp.workload_identity import GkeWorkloadIdentity, service_account_id
 from airflow_on_k8s.task_pool import TASK_POOL, TaskPoolSelector
 
-# Project roles for the node service account, and nothing broader: write logs and metrics, read
-# monitoring config, report resource metadata, pull images from Artifact Registry.
-# (Google's "minimally privileged node service account" list.)
+# Project roles for the node service account, and nothing broader. "At a minimum, these node service accounts must
+# have the Kubernetes Engine Default Node Service Account (roles/container.defaultNodeServiceAccount) role"
+# (cloud.google.com/kubernetes-engine/docs/how-to/service-accounts, "Configure GKE node service accounts"): logs,
+# metrics, autoscaling metrics. Plus image pulls from Artifact Registry.
 NODE_SERVICE_ACCOUNT_ROLES: tuple[str, ...] = (
-    "roles/logging.logWriter",
-    "roles/monitoring.metricWriter",
-    "roles/monitoring.viewer",
-    "roles/stackdriver.resourceMetadata.writer",
+    "roles/container.defaultNodeServiceAccount",
     "roles/artifactregistry.reader",
 )
+
+# The Google APIs the program calls. Enabling them (gcp.enableApis) makes a fresh project work on the first `up`;
+# Service Usage, which enables the others, is on in every new project.
+CLUSTER_APIS: tuple[str, ...] = (
+    "container.googleapis.com",  # GKE
+    "compute.googleapis.com",  # VPC, subnet, Cloud Router/NAT, firewall
+    "iam.googleapis.com",  # service accounts
+    "iamcredentials.googleapis.com",  # Workload Identity: tokens of the bound Google service accounts
+    "cloudresourcemanager.googleapis.com",  # project IAM bindings
+    "storage.googleapis.com",  # the task-log bucket
+)
+# Cloud SQL with a private IP (airflow.database: managed).
+MANAGED_DATABASE_APIS: tuple[str, ...] = ("sqladmin.googleapis.com", "servicenetworking.googleapis.com")
 
 # Access is decided by the IAM roles above; the broad OAuth scope only stops scopes from narrowing it further
 # (Google's recommendation for custom node service accounts).
@@ -73,7 +85,6 @@ class GkeClusterArgs:
     cluster_name: str
     project: str
     region: str
-    kubernetes_version: str
     node_zones: tuple[str, ...]
     subnet_cidr: str
     pods_cidr: str
@@ -91,6 +102,8 @@ class GkeClusterArgs:
     # Deletion protection on the cluster (GKE's flag and Pulumi's protect).
     protect: bool
     labels: dict[str, str]
+    # Google APIs to enable before anything else; empty when the project manages its APIs itself.
+    apis: tuple[str, ...] = ()
 
     @property
     def workload_pool(self) -> str:
@@ -145,7 +158,6 @@ class GkeClusterArgs:
             cluster_name=config.cluster_name,
             project=gcp_cfg.project,
             region=gcp_cfg.region,
-            kubernetes_version=config.kubernetes_version,
             node_zones=tuple(gcp_cfg.node_zones),
             subnet_cidr=gcp_cfg.subnet_cidr,
             pods_cidr=gcp_cfg.pods_cidr,
@@ -160,6 +172,11 @@ class GkeClusterArgs:
             task_pool=pools["task"],
             protect=config.protect,
             labels=gcp_labels({**config.tags, "airflow-cluster": config.cluster_name}),
+            apis=(
+                (CLUSTER_APIS + (MANAGED_DATABASE_APIS if config.airflow.database == "managed" else ()))
+                if gcp_cfg.enable_apis
+                else ()
+            ),
         )
 
 
@@ -238,7 +255,19 @@ class GkeCluster(pulumi.ComponentResource):
             default_labels=args.labels,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        child = pulumi.ResourceOptions(parent=self, provider=self.gcp_provider)
+        # Kept enabled on destroy: other things in the project may use them.
+        self.enabled_apis: list[pulumi.Resource] = [
+            gcp.projects.Service(
+                f"{name}-api-{api.split('.')[0]}",
+                project=args.project,
+                service=api,
+                disable_on_destroy=False,
+                opts=pulumi.ResourceOptions(parent=self, provider=self.gcp_provider),
+            )
+            for api in args.apis
+        ]
+        # Every GCP resource waits for the APIs ("API has not been used in project ..." otherwise).
+        child = pulumi.ResourceOptions(parent=self, provider=self.gcp_provider, depends_on=self.enabled_apis)
 
         network, subnet = self._network(name, args, child)
         node_sa, node_sa_roles = self._node_service_account(name, args, child)
@@ -269,7 +298,9 @@ class GkeCluster(pulumi.ComponentResource):
                     enable_secure_boot=True, enable_integrity_monitoring=True
                 ),
             ),
-            min_master_version=args.kubernetes_version,
+            # No min_master_version: a release channel is always set, GKE rejects a minimum version the channel
+            # does not offer (STABLE runs a minor or two behind RAPID), and the channel upgrades the cluster past
+            # any minimum anyway. The channel's default version is what a new cluster gets.
             release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.release_channel),
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(workload_pool=args.workload_pool),
             # Node auto-provisioning stays off (we own the pools); the profile sets how eagerly GKE's own
@@ -392,7 +423,9 @@ class GkeCluster(pulumi.ComponentResource):
             # Kubernetes resources wait for both pools; otherwise Helm releases time out on a node-less cluster.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_pool, self.task_node_pool]),
         )
-        self.workload_identity = GkeWorkloadIdentity(args.cluster_name, args.project, self.gcp_provider, cluster)
+        self.workload_identity = GkeWorkloadIdentity(
+            args.cluster_name, args.project, self.gcp_provider, cluster, depends_on=self.enabled_apis
+        )
         self.network_id = network.id
         self.network_self_link = network.self_link
         self.subnetwork_self_link = subnet.self_link

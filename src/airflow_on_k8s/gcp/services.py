@@ -42,6 +42,8 @@ class GcpServices(CloudServices):
         # GkeCluster attributes beyond the contract: its GCP provider and VPC network.
         self._provider: gcp.Provider = cluster.gcp_provider
         self._network: pulumi.Output[str] = cluster.network_self_link
+        # The Google APIs the cluster enabled (Cloud Storage, Cloud SQL Admin, Service Networking among them).
+        self._apis: list[pulumi.Resource] = list(getattr(cluster, "enabled_apis", []))
 
     @classmethod
     def from_stack(cls, config: StackConfig, cluster: KubernetesCluster) -> GcpServices:
@@ -60,8 +62,12 @@ class GcpServices(CloudServices):
             cluster,
         )
 
-    def _opts(self, parent: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=parent, provider=self._provider, **extra)
+    def _opts(
+        self, parent: pulumi.Resource, depends_on: list[pulumi.Resource] | None = None, **extra: Any
+    ) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(
+            parent=parent, provider=self._provider, depends_on=[*self._apis, *(depends_on or [])], **extra
+        )
 
     def log_store(self, name: str, parent: pulumi.Resource) -> LogStore:
         a = self.args
@@ -108,6 +114,16 @@ class GcpServices(CloudServices):
             network=self._network,
             service="servicenetworking.googleapis.com",
             reserved_peering_ranges=[peering_range.name],
+            # Deleting the connection fails while Cloud SQL still holds the range ("Producer services ... are still
+            # using this connection"), which lasts past the instance's deletion, so `pulumi destroy` would stop here.
+            # pulumi-gcp 10.2.0 servicenetworking/connection.py, deletion_policy: ABANDON "leaves the VPC peering in
+            # place, which will block deletion of the network"; REMOVE_PEERING: "if the API refuses because service
+            # producer resources still use it, the VPC peering is removed from the network so that the network can
+            # be deleted".
+            deletion_policy="REMOVE_PEERING",
+            # A later `up` in the same project then updates the connection Service Networking still tracks instead
+            # of failing to create it.
+            update_on_creation_fail=True,
             opts=self._opts(parent),
         )
         instance = gcp.sql.DatabaseInstance(

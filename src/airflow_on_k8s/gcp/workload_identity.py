@@ -55,6 +55,7 @@ class GkeWorkloadIdentity(WorkloadIdentity):
         project: str,
         gcp_provider: gcp.Provider,
         cluster: pulumi.Resource,
+        depends_on: Sequence[pulumi.Resource] = (),
     ) -> None:
         self.cluster_name = cluster_name
         self.project = project
@@ -62,6 +63,8 @@ class GkeWorkloadIdentity(WorkloadIdentity):
         self._provider = gcp_provider
         # The workload pool exists only once the cluster does; IAM rejects members of a missing pool.
         self._cluster = cluster
+        # The APIs the bindings call (IAM, Cloud Storage), when the cluster enables them.
+        self._depends_on = list(depends_on)
 
     def member(self, namespace: str, service_account: str) -> str:
         """The IAM principal for one Kubernetes service account."""
@@ -84,7 +87,7 @@ class GkeWorkloadIdentity(WorkloadIdentity):
                     f"{name}: bucket access {grant.access!r} is not known; use one of {', '.join(BUCKET_ROLES)}"
                 )
 
-        opts = pulumi.ResourceOptions(parent=parent, provider=self._provider)
+        opts = pulumi.ResourceOptions(parent=parent, provider=self._provider, depends_on=self._depends_on)
         gsa = gcp.serviceaccount.Account(
             f"{name}-gsa",
             account_id=service_account_id(self.cluster_name, name),
