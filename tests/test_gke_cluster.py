@@ -7,6 +7,8 @@ brief fixes a value per stack (spot on dev, deletion protection on prod) that is
 from __future__ import annotations
 
 import base64
+import importlib
+import inspect
 import json
 import re
 import textwrap
@@ -563,3 +565,68 @@ def test_service_networking_connection_does_not_block_destroy() -> None:
     # pulumi-gcp 10.2.0: DELETE fails while Cloud SQL holds the range; ABANDON leaves the peering, which blocks
     # deleting the network; REMOVE_PEERING removes the peering when the delete is refused.
     assert connection.inputs["deletionPolicy"] == "REMOVE_PEERING"
+
+
+# --- names GCP accepts, at the longest cluster name and project ID the config allows -------------------------
+
+# Documented limits of the names the program sets or lets Pulumi derive.
+NAME_LIMITS = {
+    # GKE: "must be no longer than 40 characters" (API error quoted in pulumi/pulumi-gcp#1510).
+    "gcp:container/cluster:Cluster": 40,
+    "gcp:container/nodePool:NodePool": 40,
+    # Compute Engine: "The name must be 1-63 characters long, and comply with RFC1035" (compute REST reference).
+    "gcp:compute/network:Network": 63,
+    "gcp:compute/subnetwork:Subnetwork": 63,
+    "gcp:compute/router:Router": 63,
+    "gcp:compute/routerNat:RouterNat": 63,
+    "gcp:compute/firewall:Firewall": 63,
+    "gcp:compute/globalAddress:GlobalAddress": 63,
+    # Cloud Storage: 3-63 characters for a name without dots.
+    "gcp:storage/bucket:Bucket": 63,
+    # Cloud SQL: "This ID can have a maximum length of 98 characters" (sqladmin v1 reference).
+    "gcp:sql/databaseInstance:DatabaseInstance": 98,
+    # PostgreSQL identifiers (database, role): 63 bytes.
+    "gcp:sql/database:Database": 63,
+    "gcp:sql/user:User": 63,
+}
+# Pulumi auto-names a resource whose `name` the program leaves unset: its logical name, "-" and 7 random
+# characters (pulumi/pulumi-gcp#1510: "primaryPreemptibleNodes-b8a97f9").
+AUTONAME_SUFFIX = "-abcdef0"
+LONGEST_CLUSTER_NAME = "a-thirty-character-cluster-nam"
+LONGEST_PROJECT_ID = "a-thirty-character-project-id0"
+
+
+def takes_a_name(type_token: str) -> bool:
+    module, cls = type_token.split(":")[1].split("/")[0], type_token.split(":")[2]
+    resource = getattr(importlib.import_module(f"pulumi_gcp.{module}"), cls)
+    return "name" in inspect.signature(resource._internal_init).parameters
+
+
+def test_every_gcp_name_fits_at_the_longest_cluster_name_and_project_id(tmp_path: Path) -> None:
+    assert len(LONGEST_CLUSTER_NAME) == len(LONGEST_PROJECT_ID) == 30
+    # Both pass the config's own checks (clusterName and gcp.project allow 30 characters at most).
+    run = run_variant(
+        tmp_path, "gcp-prod", clusterName=LONGEST_CLUSTER_NAME, gcp={"project": LONGEST_PROJECT_ID}
+    )
+    checked = 0
+    for r in run.resources:
+        if not r.type.startswith("gcp:"):
+            continue
+        if r.type == "gcp:serviceaccount/account:Account":
+            assert 6 <= len(r.inputs["accountId"]) <= 30, r.inputs["accountId"]
+            checked += 1
+        for secondary in r.inputs.get("secondaryIpRanges") or []:
+            assert len(secondary["rangeName"]) <= 63, secondary["rangeName"]
+        if not takes_a_name(r.type):
+            continue
+        assert r.type in NAME_LIMITS, f"{r.type} takes a name: add its documented limit to NAME_LIMITS"
+        name = r.inputs.get("name") or r.name + AUTONAME_SUFFIX
+        assert len(name) <= NAME_LIMITS[r.type], f"{r.type} {name!r}: {len(name)} > {NAME_LIMITS[r.type]}"
+        assert re.fullmatch(r"[a-z][-a-z0-9]*[a-z0-9]", name), name
+        checked += 1
+    assert checked >= 15
+    # Names stay what they say where they fit.
+    assert run.one("gcp:storage/bucket:Bucket").inputs["name"].startswith(f"{LONGEST_PROJECT_ID}-")
+    assert {pool(run, which).inputs["name"] for which in ("system", "tasks")} == {"system", "tasks"}
+    # A fixed name exists once: replacing a pool deletes the old one first.
+    assert all(pool(run, which).options.get("deleteBeforeReplace") for which in ("system", "tasks"))

@@ -360,6 +360,7 @@ class GkeCluster(pulumi.ComponentResource):
         pool_depends_on: list[pulumi.Resource] = [*node_sa_roles, *([nat] if nat else [])]
         self.system_node_pool = self._node_pool(
             f"{name}-system",
+            "system",
             args,
             cluster,
             node_sa,
@@ -374,6 +375,7 @@ class GkeCluster(pulumi.ComponentResource):
         )
         self.task_node_pool = self._node_pool(
             f"{name}-tasks",
+            "tasks",
             args,
             cluster,
             node_sa,
@@ -393,14 +395,19 @@ class GkeCluster(pulumi.ComponentResource):
 
         if args.private_nodes:
             gcp.compute.Firewall(
-                f"{name}-control-plane-to-webhooks",
+                # Pulumi names it "<logical name>-<7 random characters>"; Compute Engine takes 63 at most, so the
+                # logical name stays within 30 (cluster name) + 1 + 24. The alias keeps rules made under the old
+                # logical name.
+                f"{name}-control-plane-to-keda",
                 network=network.id,
                 description="GKE control plane to KEDA metrics API (6443) and admission webhooks (9443) on nodes",
                 direction="INGRESS",
                 source_ranges=[args.master_cidr],
                 target_service_accounts=[node_sa.email],
                 allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=CONTROL_PLANE_TO_NODE_PORTS)],
-                opts=child,
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(aliases=[pulumi.Alias(name=f"{name}-control-plane-to-webhooks")])
+                ),
             )
 
         context = f"gke_{args.project}_{args.region}_{args.cluster_name}"
@@ -517,6 +524,7 @@ class GkeCluster(pulumi.ComponentResource):
     def _node_pool(
         self,
         resource_name: str,
+        pool_name: str,
         args: GkeClusterArgs,
         cluster: gcp.container.Cluster,
         node_sa: gcp.serviceaccount.Account,
@@ -530,6 +538,9 @@ class GkeCluster(pulumi.ComponentResource):
     ) -> gcp.container.NodePool:
         return gcp.container.NodePool(
             resource_name,
+            # Explicit: unset, Pulumi would name it "<cluster>-<pool>-<7 random characters>", past GKE's 40-character
+            # limit for cluster names over 25 characters (pulumi/pulumi-gcp#1510). Pool names are per cluster.
+            name=pool_name,
             cluster=cluster.name,
             location=args.region,
             node_locations=list(args.node_zones) or None,
@@ -565,6 +576,8 @@ class GkeCluster(pulumi.ComponentResource):
                     # The autoscaler owns the node count; Pulumi must not scale the pool back on the next `up`.
                     ignore_changes=["nodeCount", "initialNodeCount"],
                     depends_on=depends_on,
+                    # A fixed name cannot exist twice: a replacement must delete the old pool first.
+                    delete_before_replace=True,
                 ),
             ),
         )

@@ -16,6 +16,7 @@ import pulumi_random as random
 
 from airflow_on_k8s.contract import CloudServices, KubernetesCluster, LogStore, PostgresDatabase
 from airflow_on_k8s.config import CloudSqlConfig, StackConfig
+from airflow_on_k8s.gcp.names import log_bucket_name
 
 POSTGRES_VERSION = "POSTGRES_16"
 LOG_RETENTION_DAYS = 90
@@ -73,7 +74,7 @@ class GcpServices(CloudServices):
         a = self.args
         bucket = gcp.storage.Bucket(
             name,
-            name=f"{a.project}-{a.cluster_name}-airflow-logs",
+            name=log_bucket_name(a.project, a.cluster_name),
             project=a.project,
             location=a.region,
             uniform_bucket_level_access=True,

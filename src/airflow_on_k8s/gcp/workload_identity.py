@@ -8,7 +8,6 @@ pod's Kubernetes token for the GSA's access token.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Sequence
 
@@ -16,6 +15,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from airflow_on_k8s.contract import BucketGrant, WorkloadIdentity
+from airflow_on_k8s.gcp.names import bounded_name
 
 # Object roles per access level. objectUser (not objectAdmin) for read-write: it reads, writes,
 # lists and deletes objects but cannot change object ACLs or IAM, which nothing in Airflow needs.
@@ -40,10 +40,7 @@ def service_account_id(*parts: str) -> str:
         text = "sa-" + text
     if len(text) < _ACCOUNT_ID_MIN:
         text = f"{text}-account"
-    if len(text) > _ACCOUNT_ID_MAX:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:6]
-        text = text[: _ACCOUNT_ID_MAX - len(digest) - 1].rstrip("-") + "-" + digest
-    return text
+    return bounded_name(text, _ACCOUNT_ID_MAX)
 
 
 class GkeWorkloadIdentity(WorkloadIdentity):

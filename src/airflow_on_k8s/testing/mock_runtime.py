@@ -235,6 +235,8 @@ def _make_monitor(mocks: _RecordingMocks, recorded: list[RecordedResource]):
                 options["dependsOn"] = sorted({d.split("::")[-1] for d in request.dependencies})
             if request.retainOnDelete:
                 options["retainOnDelete"] = True
+            if request.deleteBeforeReplace:
+                options["deleteBeforeReplace"] = True
             if list(request.additionalSecretOutputs):
                 options["additionalSecretOutputs"] = list(request.additionalSecretOutputs)
             recorded.append(
