@@ -120,6 +120,10 @@ BAD_INPUTS = [
         "gcp.privateEndpoint", "set privateNodes: true", id="private-endpoint-needs-private-nodes",
     ),
     pytest.param(
+        with_(GCP_OK, gcp__privateNodes=False, gcp__masterAuthorizedCidrs=[f"203.0.113.{i}/32" for i in range(51)]),
+        "gcp.masterAuthorizedCidrs", "at most 50", id="too-many-authorized-networks",
+    ),
+    pytest.param(
         with_(GCP_OK, gcp__masterAuthorizedCidrs=["my-laptop"]), "gcp.masterAuthorizedCidrs", "198.51.100.7/32",
         id="authorized-cidr-not-a-cidr",
     ),

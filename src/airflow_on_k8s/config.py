@@ -280,6 +280,14 @@ class GcpConfig(_Model):
                 nets.append(ipaddress.IPv4Network(text, strict=True))
             except ValueError as e:
                 raise ValueError(f"{key}: {text!r} is not an IPv4 CIDR block ({e}); write it like 198.51.100.7/32") from None
+        # "Public clusters can have up to 50 authorized network CIDR ranges; private clusters can have up to 100."
+        # (GKE, "Add authorized networks for control plane access", Limitations.)
+        most = 100 if self.private_nodes else 50
+        if len(nets) > most:
+            raise ValueError(
+                f"{key}: lists {len(nets)} ranges, GKE takes at most {most} on a "
+                f"{'private' if self.private_nodes else 'public'} cluster; merge them into wider ranges"
+            )
         internal = [n for n in nets if any(n.subnet_of(r) for r in _RFC1918)]
         public = [str(n) for n in nets if n not in internal]
         if self.private_endpoint and not self.private_nodes:
