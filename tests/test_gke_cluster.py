@@ -398,6 +398,17 @@ def test_private_endpoint_kubeconfig_uses_the_internal_address(tmp_path: Path) -
     assert kubeconfig["clusters"][0]["cluster"]["server"] == f"https://{internal}"
 
 
+def test_switching_to_the_private_endpoint_keeps_the_kubernetes_provider(tmp_path: Path) -> None:
+    """A new API address alone must not make Pulumi replace every Kubernetes resource (it would by default)."""
+    public = program_run("gcp-dev").one("pulumi:providers:kubernetes")
+    private = run_with(tmp_path, "gcp-dev", privateEndpoint=True, masterAuthorizedCidrs=["10.50.0.0/20"]).one(
+        "pulumi:providers:kubernetes"
+    )
+    assert public.inputs["kubeconfig"] != private.inputs["kubeconfig"]
+    assert public.inputs["clusterIdentifier"] == private.inputs["clusterIdentifier"]
+    assert stack_config("gcp-dev").cluster_name in public.inputs["clusterIdentifier"]
+
+
 def test_public_endpoint_kubeconfig_uses_the_public_address(gcp_run: ProgramRun) -> None:
     cluster = gcp_run.one(CLUSTER)
     kubeconfig = yaml.safe_load(gcp_run.outputs["kubeconfig"]["secret"])

@@ -234,7 +234,7 @@ class GcpConfig(_Model):
     master_authorized_cidrs: list[str] = []
     """Required: who may reach the GKE API. Your public egress address as a /32; with privateEndpoint, internal ranges."""
     private_endpoint: bool = False
-    """The API answers only on its internal address; deploy from a machine inside the VPC (docs/clusters.md)."""
+    """The API answers only on its internal address; turn on after a first `up`, from inside the VPC (docs/clusters.md)."""
     release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = "REGULAR"
     """GKE release channel."""
     autoscaling_profile: Literal["OPTIMIZE_UTILIZATION", "BALANCED"] = "OPTIMIZE_UTILIZATION"

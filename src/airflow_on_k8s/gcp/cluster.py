@@ -20,6 +20,7 @@ task node billed longer. The `clusterAutoscaler` config section (scale-down time
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -427,6 +428,14 @@ class GkeCluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
+            # What makes this the same cluster. Unset, the Kubernetes provider takes a new API server address for a
+            # new cluster and replaces every Kubernetes resource (pulumi/pulumi-kubernetes#577), so turning on
+            # gcp.privateEndpoint would recreate Airflow. The cluster's CA changes only with a new cluster (or a CA
+            # rotation). pulumi-kubernetes 4.34.2 Provider `cluster_identifier`: "the provider will _only_ be
+            # replaced when clusterIdentifier changes".
+            cluster_identifier=cluster.master_auth.cluster_ca_certificate.apply(
+                lambda ca: f"{context}-{hashlib.sha256((ca or '').encode()).hexdigest()[:16]}"
+            ),
             # Kubernetes resources wait for both pools; otherwise Helm releases time out on a node-less cluster.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_pool, self.task_node_pool]),
         )
