@@ -76,7 +76,7 @@ def test_metrics_server_everywhere_but_gke_by_default(run):
     ],
 )
 def test_metrics_server_setting(cloud, setting, installed):
-    section = {"aws": {"aws": {"region": "eu-west-1"}}, "gcp": {"gcp": {"project": "my-project-1", "region": "europe-west1"}}}
+    section = {"aws": {"aws": {"region": "eu-west-1"}}, "gcp": {"gcp": {"project": "my-project-1", "region": "europe-west1", "masterAuthorizedCidrs": ["203.0.113.10/32"]}}}
     cfg = parse_stack_config({"cloud": cloud, **section.get(cloud, {}), "addons": {"metricsServer": setting}})
     assert MetricsServerArgs.from_stack(cfg).install is installed
 

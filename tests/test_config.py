@@ -16,7 +16,10 @@ from airflow_on_k8s.testing.mock_runtime import available_stacks, read_stack_con
 REPO = Path(__file__).resolve().parent.parent
 
 AWS_OK = {"cloud": "aws", "aws": {"region": "eu-west-1"}}
-GCP_OK = {"cloud": "gcp", "gcp": {"project": "my-airflow-dev", "region": "europe-west1"}}
+GCP_OK = {
+    "cloud": "gcp",
+    "gcp": {"project": "my-airflow-dev", "region": "europe-west1", "masterAuthorizedCidrs": ["203.0.113.10/32"]},
+}
 
 
 def raw_from_stack(stack: str) -> dict:
@@ -91,7 +94,7 @@ BAD_INPUTS = [
     pytest.param(with_(AWS_OK, aws__region="Ireland"), "aws.region", "eu-west-1", id="bad-aws-region"),
     pytest.param(with_(AWS_OK, aws__availabilityZones=1), "aws.availabilityZones", "greater than or equal to 2", id="one-az"),
     pytest.param(with_(AWS_OK, taskpool={"maxSize": 3}), "taskpool", "spelling", id="typo-key"),
-    pytest.param(with_(AWS_OK, gcp={"project": "my-project-1", "region": "europe-west1"}), "gcp", "remove the gcp section", id="other-cloud-section"),
+    pytest.param(with_(AWS_OK, gcp=GCP_OK["gcp"]), "gcp", "remove the gcp section", id="other-cloud-section"),
     pytest.param(
         with_(AWS_OK, clusterAutoscaler__scaleDownUnneededTime="3 minutes"),
         "clusterAutoscaler.scaleDownUnneededTime", "like 90s, 2m", id="bad-duration",
@@ -100,6 +103,42 @@ BAD_INPUTS = [
         with_(GCP_OK, gcp__nodeZones=["us-central1-a"]), "gcp.nodeZones", "europe-west1-b", id="zone-outside-region"
     ),
     pytest.param(with_(GCP_OK, gcp__masterCidr="172.16.0.0/24"), "gcp.masterCidr", "/28", id="master-cidr-size"),
+    pytest.param(
+        {"cloud": "gcp", "gcp": {"project": "my-airflow-dev", "region": "europe-west1"}},
+        "gcp.masterAuthorizedCidrs", "curl -s https://checkip.amazonaws.com", id="no-open-api-by-default",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__masterAuthorizedCidrs=["10.0.0.0/8"]),
+        "gcp.masterAuthorizedCidrs", "nobody would be admitted", id="public-endpoint-with-only-rfc1918",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__privateEndpoint=True),
+        "gcp.masterAuthorizedCidrs", "not internal (RFC 1918) addresses", id="private-endpoint-with-public-cidr",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__privateEndpoint=True, gcp__privateNodes=False, gcp__masterAuthorizedCidrs=["10.8.0.0/24"]),
+        "gcp.privateEndpoint", "set privateNodes: true", id="private-endpoint-needs-private-nodes",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__privateNodes=False, gcp__masterAuthorizedCidrs=[f"203.0.113.{i}/32" for i in range(51)]),
+        "gcp.masterAuthorizedCidrs", "at most 50", id="too-many-authorized-networks",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__masterAuthorizedCidrs=["my-laptop"]), "gcp.masterAuthorizedCidrs", "198.51.100.7/32",
+        id="authorized-cidr-not-a-cidr",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__cloudSql={"edition": "ENTERPRISE_PLUS", "tier": "db-custom-2-7680"}),
+        "gcp.cloudSql.tier", "set edition: ENTERPRISE", id="custom-tier-on-enterprise-plus",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__cloudSql={"tier": "db-perf-optimized-N-4"}),
+        "gcp.cloudSql.tier", "set edition: ENTERPRISE_PLUS", id="perf-optimized-tier-on-enterprise",
+    ),
+    pytest.param(
+        with_(GCP_OK, gcp__cloudSql={"transactionLogRetentionDays": 14}),
+        "gcp.cloudSql.transactionLogRetentionDays", "lower it to 7", id="log-retention-beyond-enterprise",
+    ),
     pytest.param(
         with_(AWS_OK, scaling__minWorkers=5, scaling__maxWorkers=2), "scaling.maxWorkers", "raise maxWorkers",
         id="workers-max-below-min",
@@ -123,6 +162,21 @@ def test_bad_input_names_the_key_and_the_fix(raw, key, fix):
     matching = [line for line in lines if line.startswith(f"{PROJECT}:{key}: ")]
     assert matching, f"no problem names {PROJECT}:{key}; got {lines}"
     assert any(fix in line for line in matching), f"no fix hint {fix!r} in {matching}"
+
+
+@pytest.mark.parametrize(
+    "access",
+    [
+        # Public endpoint: the deployer's public address, plus internal ranges for clients inside the VPC.
+        {"masterAuthorizedCidrs": ["203.0.113.10/32", "10.50.0.0/20"]},
+        # Private endpoint only: internal ranges the deployer runs from.
+        {"privateEndpoint": True, "masterAuthorizedCidrs": ["10.50.0.0/20", "192.168.10.0/24"]},
+    ],
+    ids=["public-endpoint", "private-endpoint"],
+)
+def test_gke_access_models_that_admit_a_deployer_are_accepted(access):
+    config = parse_stack_config(with_(GCP_OK, **{f"gcp__{k}": v for k, v in access.items()}))
+    assert config.gcp.master_authorized_cidrs == access["masterAuthorizedCidrs"]
 
 
 def test_several_problems_are_reported_together():

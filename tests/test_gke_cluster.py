@@ -7,6 +7,8 @@ brief fixes a value per stack (spot on dev, deletion protection on prod) that is
 from __future__ import annotations
 
 import base64
+import importlib
+import inspect
 import json
 import re
 import textwrap
@@ -28,7 +30,7 @@ from airflow_on_k8s.gcp.cluster import (
 )
 from airflow_on_k8s.task_pool import TASK_POOL
 from tests.conftest import program_run
-from airflow_on_k8s.testing.mock_runtime import ProgramRun, fake_outputs, read_stack_config, run_program
+from airflow_on_k8s.testing.mock_runtime import STACKS_DIR, ProgramRun, fake_outputs, read_stack_config, run_program
 
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
@@ -110,7 +112,8 @@ def test_cluster_settings_follow_the_stack(gcp_run: ProgramRun) -> None:
     assert i["removeDefaultNodePool"] is True and i["initialNodeCount"] == 1
     assert i["workloadIdentityConfig"] == {"workloadPool": f"{cfg.gcp.project}.svc.id.goog"}
     assert i["releaseChannel"] == {"channel": cfg.gcp.release_channel}
-    assert i["minMasterVersion"] == cfg.kubernetes_version
+    # The channel picks the version: GKE rejects a minimum version the channel does not offer.
+    assert "minMasterVersion" not in i
     assert i["networkingMode"] == "VPC_NATIVE"
     assert i["datapathProvider"] == "ADVANCED_DATAPATH"
     assert i["enableShieldedNodes"] is True
@@ -118,14 +121,17 @@ def test_cluster_settings_follow_the_stack(gcp_run: ProgramRun) -> None:
     # Node auto-provisioning off; the profile drives GKE's own autoscaler.
     assert i["clusterAutoscaling"] == {"enabled": False, "autoscalingProfile": cfg.gcp.autoscaling_profile}
     assert cfg.gcp.autoscaling_profile == "OPTIMIZE_UTILIZATION"
+    # Default access model: the public endpoint stays on (the kubeconfig uses it) behind the authorized networks.
+    assert not cfg.gcp.private_endpoint
     assert i["privateClusterConfig"] == {
         "enablePrivateNodes": True,
         "enablePrivateEndpoint": False,
         "masterIpv4CidrBlock": cfg.gcp.master_cidr,
     }
-    assert [b["cidrBlock"] for b in i["masterAuthorizedNetworksConfig"]["cidrBlocks"]] == (
-        cfg.gcp.master_authorized_cidrs
-    )
+    authorized = i["masterAuthorizedNetworksConfig"]
+    assert [b["cidrBlock"] for b in authorized["cidrBlocks"]] == cfg.gcp.master_authorized_cidrs
+    # Only the listed networks, not any Google Cloud VM's public address.
+    assert authorized["gcpPublicCidrsAccessEnabled"] is False
     # The throwaway default pool runs as the minimal node account, and its config is ignored once deleted.
     node_sa = gcp_run.one("gcp:serviceaccount/account:Account", "-nodes")
     assert i["nodeConfig"]["serviceAccount"] == fake_outputs(node_sa.type, node_sa.name, node_sa.inputs)["email"]
@@ -228,6 +234,8 @@ def test_node_service_account_has_only_the_minimal_roles(gcp_run: ProgramRun) ->
     roles = sorted(b.inputs["role"] for b in bindings)
     assert roles == sorted(NODE_SERVICE_ACCOUNT_ROLES)
     assert not BROAD_ROLES & set(roles)
+    # Google's documented minimum for a node service account (logs, metrics, autoscaling metrics).
+    assert "roles/container.defaultNodeServiceAccount" in roles
     assert "roles/owner" not in roles and "roles/editor" not in roles
     # Nodes start only once their account may write logs and pull images.
     for which in ("system", "tasks"):
@@ -317,6 +325,7 @@ PROGRAM = textwrap.dedent(
     pulumi.export("network_id", cluster.network_id)
     pulumi.export("network_self_link", cluster.network_self_link)
     pulumi.export("subnetwork_self_link", cluster.subnetwork_self_link)
+    pulumi.export("kubeconfig", cluster.kubeconfig)
     """
 )
 
@@ -375,6 +384,38 @@ def test_public_nodes_need_no_nat_or_control_plane_firewall(tmp_path: Path) -> N
     assert cluster["clusterAutoscaling"]["autoscalingProfile"] == "BALANCED"
 
 
+def test_private_endpoint_kubeconfig_uses_the_internal_address(tmp_path: Path) -> None:
+    """Fully private API: the only endpoint is internal, so the kubeconfig (and Pulumi) must use that address."""
+    run = run_with(tmp_path, "gcp-dev", privateEndpoint=True, masterAuthorizedCidrs=["10.50.0.0/20"])
+    cluster = run.one(CLUSTER)
+    private = cluster.inputs["privateClusterConfig"]
+    assert private["enablePrivateEndpoint"] is True
+    # Reachable from every region of the VPC (a runner or VPN gateway elsewhere), still only from authorized ranges.
+    assert private["masterGlobalAccessConfig"] == {"enabled": True}
+    assert [b["cidrBlock"] for b in cluster.inputs["masterAuthorizedNetworksConfig"]["cidrBlocks"]] == ["10.50.0.0/20"]
+    internal = fake_outputs(CLUSTER, cluster.name, cluster.inputs)["privateClusterConfig"]["privateEndpoint"]
+    kubeconfig = yaml.safe_load(run.outputs["kubeconfig"]["secret"])
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == f"https://{internal}"
+
+
+def test_switching_to_the_private_endpoint_keeps_the_kubernetes_provider(tmp_path: Path) -> None:
+    """A new API address alone must not make Pulumi replace every Kubernetes resource (it would by default)."""
+    public = program_run("gcp-dev").one("pulumi:providers:kubernetes")
+    private = run_with(tmp_path, "gcp-dev", privateEndpoint=True, masterAuthorizedCidrs=["10.50.0.0/20"]).one(
+        "pulumi:providers:kubernetes"
+    )
+    assert public.inputs["kubeconfig"] != private.inputs["kubeconfig"]
+    assert public.inputs["clusterIdentifier"] == private.inputs["clusterIdentifier"]
+    assert stack_config("gcp-dev").cluster_name in public.inputs["clusterIdentifier"]
+
+
+def test_public_endpoint_kubeconfig_uses_the_public_address(gcp_run: ProgramRun) -> None:
+    cluster = gcp_run.one(CLUSTER)
+    kubeconfig = yaml.safe_load(gcp_run.outputs["kubeconfig"]["secret"])
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == f"https://{fake_outputs(CLUSTER, cluster.name, {})['endpoint']}"
+    assert "masterGlobalAccessConfig" not in cluster.inputs["privateClusterConfig"]
+
+
 def test_binding_rejects_an_unknown_access_level() -> None:
     from airflow_on_k8s.gcp.workload_identity import GkeWorkloadIdentity
     from airflow_on_k8s.contract import BucketGrant
@@ -390,7 +431,10 @@ def test_binding_rejects_an_unknown_access_level() -> None:
 
 # --- args from config ------------------------------------------------------------------------------------
 
-GCP_DEV_RAW = {"cloud": "gcp", "gcp": {"project": "my-airflow-dev", "region": "europe-west1"}}
+GCP_DEV_RAW = {
+    "cloud": "gcp",
+    "gcp": {"project": "my-airflow-dev", "region": "europe-west1", "masterAuthorizedCidrs": ["203.0.113.10/32"]},
+}
 
 
 def test_several_machine_types_are_a_config_error_naming_the_pool() -> None:
@@ -441,3 +485,159 @@ def test_tags_become_valid_gcp_labels(tags: dict[str, str]) -> None:
     for key, value in gcp_labels(tags).items():
         assert re.match(r"^[a-z][a-z0-9_-]{0,62}$", key), key
         assert re.match(r"^[a-z0-9_-]{0,63}$", value), value
+
+
+# --- whole-program variants of a stack file -----------------------------------------------------------------
+
+
+def run_variant(tmp_path: Path, base: str, **changes) -> ProgramRun:
+    """The real program on a copy of `base`'s stack file with project keys changed (sections are merged)."""
+    doc = yaml.safe_load((STACKS_DIR / f"Pulumi.{base}.yaml").read_text())
+    config = doc["config"]
+    for key, value in changes.items():
+        full = f"{PROJECT}:{key}"
+        if isinstance(value, dict) and isinstance(config.get(full), dict):
+            value = {**config[full], **value}
+        config[full] = value
+    (tmp_path / f"Pulumi.{base}-variant.yaml").write_text(yaml.safe_dump(doc))
+    return run_program(f"{base}-variant", stacks_dir=tmp_path)
+
+
+# --- Cloud SQL (gcp-prod: airflow.database managed) ----------------------------------------------------------
+
+SQL_INSTANCE = "gcp:sql/databaseInstance:DatabaseInstance"
+
+
+def assert_tier_fits_edition(settings: dict) -> None:
+    # pulumi-gcp 10.2.0 sql/_inputs.py, `edition`: ENTERPRISE_PLUS takes only db-perf-optimized-N-* tiers;
+    # shared-core and custom tiers need ENTERPRISE. Unset on POSTGRES_16 means ENTERPRISE_PLUS.
+    assert settings.get("edition") in ("ENTERPRISE", "ENTERPRISE_PLUS"), "edition must be explicit"
+    assert settings["tier"].startswith("db-perf-optimized-N-") is (settings["edition"] == "ENTERPRISE_PLUS")
+
+
+def test_cloud_sql_sets_an_edition_that_takes_its_tier() -> None:
+    instance = program_run("gcp-prod").one(SQL_INSTANCE)
+    settings = instance.inputs["settings"]
+    assert_tier_fits_edition(settings)
+    assert settings["edition"] == stack_config("gcp-prod").gcp.cloud_sql.edition == "ENTERPRISE"
+    backup = settings["backupConfiguration"]
+    # Point-in-time recovery on a protected stack, with no more log days than ENTERPRISE keeps (1-7).
+    assert backup["pointInTimeRecoveryEnabled"] is True
+    assert 1 <= backup["transactionLogRetentionDays"] <= 7
+
+
+@pytest.mark.parametrize("edition", ["ENTERPRISE", "ENTERPRISE_PLUS"])
+def test_default_tier_follows_the_edition(tmp_path: Path, edition: str) -> None:
+    run = run_variant(tmp_path, "gcp-prod", gcp={"cloudSql": {"edition": edition}})
+    assert_tier_fits_edition(run.one(SQL_INSTANCE).inputs["settings"])
+
+
+# --- Google APIs -------------------------------------------------------------------------------------------
+
+# The API that serves each resource type the program creates (a new type fails the test until it is listed).
+API_OF_TYPE = {
+    "gcp:container/": "container.googleapis.com",
+    "gcp:compute/": "compute.googleapis.com",
+    "gcp:serviceaccount/": "iam.googleapis.com",
+    "gcp:projects/iAMMember:": "cloudresourcemanager.googleapis.com",
+    "gcp:storage/": "storage.googleapis.com",
+    "gcp:sql/": "sqladmin.googleapis.com",
+    "gcp:servicenetworking/": "servicenetworking.googleapis.com",
+}
+SERVICE = "gcp:projects/service:Service"
+
+
+def test_every_gcp_resource_waits_for_its_api_to_be_enabled(gcp_run: ProgramRun) -> None:
+    cfg = stack_config(gcp_run.stack)
+    services = {s.inputs["service"]: s for s in gcp_run.by_type(SERVICE)}
+    for service in services.values():
+        assert service.inputs["project"] == cfg.gcp.project
+        # Destroying the stack leaves the APIs on: other things in the project may use them.
+        assert service.inputs["disableOnDestroy"] is False
+    # Workload Identity hands pods tokens of their Google service account through the IAM Credentials API.
+    assert "iamcredentials.googleapis.com" in services
+    for r in gcp_run.resources:
+        if not r.type.startswith("gcp:") or r.type == SERVICE:
+            continue
+        api = next((api for prefix, api in API_OF_TYPE.items() if r.type.startswith(prefix)), None)
+        assert api, f"{r.type}: which API serves it? add it to API_OF_TYPE (and to the APIs the program enables)"
+        assert api in services, f"{r.type} needs {api}, which the program does not enable"
+        assert services[api].name in r.options.get("dependsOn", []), f"{r.name} does not wait for {api}"
+
+
+def test_apis_are_left_alone_when_the_project_manages_them(tmp_path: Path) -> None:
+    run = run_with(tmp_path, "gcp-dev", enableApis=False)
+    assert not run.by_type(SERVICE)
+    assert run.by_type(CLUSTER)
+
+
+def test_service_networking_connection_does_not_block_destroy() -> None:
+    connection = program_run("gcp-prod").one("gcp:servicenetworking/connection:Connection")
+    # pulumi-gcp 10.2.0: DELETE fails while Cloud SQL holds the range; ABANDON leaves the peering, which blocks
+    # deleting the network; REMOVE_PEERING removes the peering when the delete is refused.
+    assert connection.inputs["deletionPolicy"] == "REMOVE_PEERING"
+
+
+# --- names GCP accepts, at the longest cluster name and project ID the config allows -------------------------
+
+# Documented limits of the names the program sets or lets Pulumi derive.
+NAME_LIMITS = {
+    # GKE: "must be no longer than 40 characters" (API error quoted in pulumi/pulumi-gcp#1510).
+    "gcp:container/cluster:Cluster": 40,
+    "gcp:container/nodePool:NodePool": 40,
+    # Compute Engine: "The name must be 1-63 characters long, and comply with RFC1035" (compute REST reference).
+    "gcp:compute/network:Network": 63,
+    "gcp:compute/subnetwork:Subnetwork": 63,
+    "gcp:compute/router:Router": 63,
+    "gcp:compute/routerNat:RouterNat": 63,
+    "gcp:compute/firewall:Firewall": 63,
+    "gcp:compute/globalAddress:GlobalAddress": 63,
+    # Cloud Storage: 3-63 characters for a name without dots.
+    "gcp:storage/bucket:Bucket": 63,
+    # Cloud SQL: "This ID can have a maximum length of 98 characters" (sqladmin v1 reference).
+    "gcp:sql/databaseInstance:DatabaseInstance": 98,
+    # PostgreSQL identifiers (database, role): 63 bytes.
+    "gcp:sql/database:Database": 63,
+    "gcp:sql/user:User": 63,
+}
+# Pulumi auto-names a resource whose `name` the program leaves unset: its logical name, "-" and 7 random
+# characters (pulumi/pulumi-gcp#1510: "primaryPreemptibleNodes-b8a97f9").
+AUTONAME_SUFFIX = "-abcdef0"
+LONGEST_CLUSTER_NAME = "a-thirty-character-cluster-nam"
+LONGEST_PROJECT_ID = "a-thirty-character-project-id0"
+
+
+def takes_a_name(type_token: str) -> bool:
+    module, cls = type_token.split(":")[1].split("/")[0], type_token.split(":")[2]
+    resource = getattr(importlib.import_module(f"pulumi_gcp.{module}"), cls)
+    return "name" in inspect.signature(resource._internal_init).parameters
+
+
+def test_every_gcp_name_fits_at_the_longest_cluster_name_and_project_id(tmp_path: Path) -> None:
+    assert len(LONGEST_CLUSTER_NAME) == len(LONGEST_PROJECT_ID) == 30
+    # Both pass the config's own checks (clusterName and gcp.project allow 30 characters at most).
+    run = run_variant(
+        tmp_path, "gcp-prod", clusterName=LONGEST_CLUSTER_NAME, gcp={"project": LONGEST_PROJECT_ID}
+    )
+    checked = 0
+    for r in run.resources:
+        if not r.type.startswith("gcp:"):
+            continue
+        if r.type == "gcp:serviceaccount/account:Account":
+            assert 6 <= len(r.inputs["accountId"]) <= 30, r.inputs["accountId"]
+            checked += 1
+        for secondary in r.inputs.get("secondaryIpRanges") or []:
+            assert len(secondary["rangeName"]) <= 63, secondary["rangeName"]
+        if not takes_a_name(r.type):
+            continue
+        assert r.type in NAME_LIMITS, f"{r.type} takes a name: add its documented limit to NAME_LIMITS"
+        name = r.inputs.get("name") or r.name + AUTONAME_SUFFIX
+        assert len(name) <= NAME_LIMITS[r.type], f"{r.type} {name!r}: {len(name)} > {NAME_LIMITS[r.type]}"
+        assert re.fullmatch(r"[a-z][-a-z0-9]*[a-z0-9]", name), name
+        checked += 1
+    assert checked >= 15
+    # Names stay what they say where they fit.
+    assert run.one("gcp:storage/bucket:Bucket").inputs["name"].startswith(f"{LONGEST_PROJECT_ID}-")
+    assert {pool(run, which).inputs["name"] for which in ("system", "tasks")} == {"system", "tasks"}
+    # A fixed name exists once: replacing a pool deletes the old one first.
+    assert all(pool(run, which).options.get("deleteBeforeReplace") for which in ("system", "tasks"))

@@ -152,6 +152,67 @@ class AwsConfig(_Model):
         return v
 
 
+# How to find the public address your requests leave from: a public API endpoint sees that address.
+EGRESS_ADDRESS_HINT = "`curl -s https://checkip.amazonaws.com` or `dig +short myip.opendns.com @resolver1.opendns.com`"
+# Internal ranges: what a private GKE API endpoint takes in its authorized networks, and what a public one never sees.
+_RFC1918 = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+# Cloud SQL tiers per edition. The pinned pulumi-gcp 10.2.0 (sql/_inputs.py, `edition`): "ENTERPRISE_PLUS supports
+# only predefined db-perf-optimized-N-* machine types ...; shared-core and custom tiers such as db-g1-small,
+# db-f1-micro, and db-custom-* require edition = "ENTERPRISE"".
+CLOUD_SQL_TIER_PATTERNS: dict[str, re.Pattern[str]] = {
+    "ENTERPRISE": re.compile(r"^db-(f1-micro|g1-small|custom-\d+-\d+|n1-(standard|highmem)-\d+)$"),
+    "ENTERPRISE_PLUS": re.compile(r"^db-perf-optimized-N-\d+$"),
+}
+# The tier when the stack names none: shared-core for dev, 2 vCPU / 7.5 GiB for protected stacks.
+CLOUD_SQL_DEFAULT_TIERS: dict[str, dict[bool, str]] = {
+    "ENTERPRISE": {False: "db-g1-small", True: "db-custom-2-7680"},
+    "ENTERPRISE_PLUS": {False: "db-perf-optimized-N-2", True: "db-perf-optimized-N-2"},
+}
+# Days of transaction logs kept for point-in-time recovery (same SDK, backup_configuration): "from 1-7. For
+# PostgreSQL Enterprise Plus ... from 1 to 35".
+CLOUD_SQL_MAX_LOG_RETENTION_DAYS = {"ENTERPRISE": 7, "ENTERPRISE_PLUS": 35}
+
+
+class CloudSqlConfig(_Model):
+    """Cloud SQL for PostgreSQL, the metadata database when `airflow.database` is `managed`."""
+
+    edition: Literal["ENTERPRISE", "ENTERPRISE_PLUS"] = "ENTERPRISE"
+    """Cloud SQL edition. Set explicitly: left unset, PostgreSQL 16 gets ENTERPRISE_PLUS, which refuses custom tiers."""
+    tier: str = ""
+    """Machine tier; empty means db-g1-small (db-custom-2-7680 with protect) on ENTERPRISE, db-perf-optimized-N-2 on ENTERPRISE_PLUS."""
+    transaction_log_retention_days: int = Field(default=7, ge=1, le=35)
+    """Days of transaction logs kept for point-in-time recovery (on with protect); at most 7 on ENTERPRISE."""
+
+    @model_validator(mode="after")
+    def _fits_edition(self) -> CloudSqlConfig:
+        problems = []
+        if self.tier and not CLOUD_SQL_TIER_PATTERNS[self.edition].match(self.tier):
+            other = next(e for e in CLOUD_SQL_TIER_PATTERNS if e != self.edition)
+            fix = (
+                f"set edition: {other}, or pick a {self.edition} tier"
+                if CLOUD_SQL_TIER_PATTERNS[other].match(self.tier)
+                else "pick a tier"
+            )
+            problems.append(
+                f"tier: {self.tier!r} is not a {self.edition} tier; Cloud SQL would reject it at create time; "
+                f"{fix} such as {CLOUD_SQL_DEFAULT_TIERS[self.edition][True]}"
+            )
+        most = CLOUD_SQL_MAX_LOG_RETENTION_DAYS[self.edition]
+        if self.transaction_log_retention_days > most:
+            problems.append(
+                f"transactionLogRetentionDays: {self.transaction_log_retention_days} is more than the {most} days "
+                f"the {self.edition} edition keeps; lower it to {most} or less"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def tier_for(self, protect: bool) -> str:
+        """The stack's tier, or the edition's default for a protected (prod) or unprotected stack."""
+        return self.tier or CLOUD_SQL_DEFAULT_TIERS[self.edition][protect]
+
+
 class GcpConfig(_Model):
     project: str
     """Google Cloud project ID."""
@@ -170,12 +231,18 @@ class GcpConfig(_Model):
     """Nodes without public IPs (egress through Cloud NAT)."""
     master_cidr: str = "172.16.0.0/28"
     """The control plane's /28 when nodes are private."""
-    master_authorized_cidrs: list[str] = ["0.0.0.0/0"]
-    """Who may reach the GKE API endpoint."""
+    master_authorized_cidrs: list[str] = []
+    """Required: who may reach the GKE API. Your public egress address as a /32; with privateEndpoint, internal ranges."""
+    private_endpoint: bool = False
+    """The API answers only on its internal address; turn on after a first `up`, from inside the VPC (docs/clusters.md)."""
     release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = "REGULAR"
     """GKE release channel."""
     autoscaling_profile: Literal["OPTIMIZE_UTILIZATION", "BALANCED"] = "OPTIMIZE_UTILIZATION"
     """GKE cluster autoscaler profile; OPTIMIZE_UTILIZATION removes idle nodes sooner."""
+    cloud_sql: CloudSqlConfig = CloudSqlConfig()
+    """Cloud SQL for the metadata database (airflow.database: managed)."""
+    enable_apis: bool = True
+    """Enable the Google APIs the program uses (kept enabled on destroy); false if your project manages them."""
 
     @field_validator("project")
     @classmethod
@@ -196,6 +263,54 @@ class GcpConfig(_Model):
         for zone in self.node_zones:
             if not zone.startswith(self.region + "-"):
                 raise ValueError(f"nodeZones: {zone!r} is not in region {self.region}; use zones like {self.region}-b")
+        return self
+
+    @model_validator(mode="after")
+    def _api_reachable_by_the_deployer(self) -> GcpConfig:
+        """Only access models that admit someone: Pulumi reaches the API it creates within the same `up`."""
+        key = "masterAuthorizedCidrs"
+        if not self.master_authorized_cidrs:
+            raise ValueError(
+                f"{key}: is not set, and the GKE API has no open default; list the public address you deploy from "
+                f"as a /32 (find it with {EGRESS_ADDRESS_HINT}), e.g. [198.51.100.7/32]"
+            )
+        nets: list[ipaddress.IPv4Network] = []
+        for text in self.master_authorized_cidrs:
+            try:
+                nets.append(ipaddress.IPv4Network(text, strict=True))
+            except ValueError as e:
+                raise ValueError(f"{key}: {text!r} is not an IPv4 CIDR block ({e}); write it like 198.51.100.7/32") from None
+        # "Public clusters can have up to 50 authorized network CIDR ranges; private clusters can have up to 100."
+        # (GKE, "Add authorized networks for control plane access", Limitations.)
+        most = 100 if self.private_nodes else 50
+        if len(nets) > most:
+            raise ValueError(
+                f"{key}: lists {len(nets)} ranges, GKE takes at most {most} on a "
+                f"{'private' if self.private_nodes else 'public'} cluster; merge them into wider ranges"
+            )
+        internal = [n for n in nets if any(n.subnet_of(r) for r in _RFC1918)]
+        public = [str(n) for n in nets if n not in internal]
+        if self.private_endpoint and not self.private_nodes:
+            raise ValueError(
+                "privateEndpoint: GKE has an internal API endpoint only on a private cluster; "
+                "set privateNodes: true, or privateEndpoint: false"
+            )
+        if self.private_endpoint and public:
+            # GKE refuses them: 'network "..." is not a reserved network, which is required for private endpoints'.
+            raise ValueError(
+                f"{key}: {', '.join(public)} are not internal (RFC 1918) addresses, and with privateEndpoint: true "
+                "the API has only an internal address, which such sources never reach (GKE rejects them); list the "
+                "internal ranges you deploy from (the VPC's subnets, or a network joined by VPN/Interconnect), "
+                "or set privateEndpoint: false"
+            )
+        if not self.private_endpoint and not public:
+            # The kubeconfig points at the public endpoint; a request to it carries the sender's public address.
+            raise ValueError(
+                f"{key}: lists only internal (RFC 1918) addresses, but the kubeconfig uses the public API endpoint, "
+                "where requests arrive from public addresses (your internet egress, or Cloud NAT's address for a VM "
+                f"in the VPC), so nobody would be admitted; add your public egress address as a /32 (find it with "
+                f"{EGRESS_ADDRESS_HINT}), or set privateEndpoint: true and deploy from inside the VPC"
+            )
         return self
 
 

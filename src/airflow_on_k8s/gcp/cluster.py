@@ -5,6 +5,7 @@ Resources (all children of the component, all through one explicit `gcp.Provider
 - VPC network (custom subnets) and a subnet with secondary ranges for pods and services (VPC-native),
   Private Google Access on; with private nodes, a Cloud Router + Cloud NAT for egress (image pulls from
   Docker Hub, git-sync) and a firewall rule letting the control plane reach KEDA's webhook/metrics ports.
+- The Google APIs the program uses, enabled first (`gcp.enableApis`) so a fresh project works.
 - A node service account with only the roles nodes need (logs, metrics, image pulls).
 - The cluster: default pool removed, Workload Identity, release channel, Dataplane V2, shielded nodes.
 - Two node pools: "system" (Airflow, add-ons; never below one node) and "tasks" (the TASK_POOL label and
@@ -19,6 +20,7 @@ task node billed longer. The `clusterAutoscaler` config section (scale-down time
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,16 +34,27 @@ from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig
 from airflow_on_k8s.gcp.workload_identity import GkeWorkloadIdentity, service_account_id
 from airflow_on_k8s.task_pool import TASK_POOL, TaskPoolSelector
 
-# Project roles for the node service account, and nothing broader: write logs and metrics, read
-# monitoring config, report resource metadata, pull images from Artifact Registry.
-# (Google's "minimally privileged node service account" list.)
+# Project roles for the node service account, and nothing broader. "At a minimum, these node service accounts must
+# have the Kubernetes Engine Default Node Service Account (roles/container.defaultNodeServiceAccount) role"
+# (cloud.google.com/kubernetes-engine/docs/how-to/service-accounts, "Configure GKE node service accounts"): logs,
+# metrics, autoscaling metrics. Plus image pulls from Artifact Registry.
 NODE_SERVICE_ACCOUNT_ROLES: tuple[str, ...] = (
-    "roles/logging.logWriter",
-    "roles/monitoring.metricWriter",
-    "roles/monitoring.viewer",
-    "roles/stackdriver.resourceMetadata.writer",
+    "roles/container.defaultNodeServiceAccount",
     "roles/artifactregistry.reader",
 )
+
+# The Google APIs the program calls. Enabling them (gcp.enableApis) makes a fresh project work on the first `up`;
+# Service Usage, which enables the others, is on in every new project.
+CLUSTER_APIS: tuple[str, ...] = (
+    "container.googleapis.com",  # GKE
+    "compute.googleapis.com",  # VPC, subnet, Cloud Router/NAT, firewall
+    "iam.googleapis.com",  # service accounts
+    "iamcredentials.googleapis.com",  # Workload Identity: tokens of the bound Google service accounts
+    "cloudresourcemanager.googleapis.com",  # project IAM bindings
+    "storage.googleapis.com",  # the task-log bucket
+)
+# Cloud SQL with a private IP (airflow.database: managed).
+MANAGED_DATABASE_APIS: tuple[str, ...] = ("sqladmin.googleapis.com", "servicenetworking.googleapis.com")
 
 # Access is decided by the IAM roles above; the broad OAuth scope only stops scopes from narrowing it further
 # (Google's recommendation for custom node service accounts).
@@ -73,14 +86,16 @@ class GkeClusterArgs:
     cluster_name: str
     project: str
     region: str
-    kubernetes_version: str
     node_zones: tuple[str, ...]
     subnet_cidr: str
     pods_cidr: str
     services_cidr: str
     private_nodes: bool
     master_cidr: str
+    # Sources admitted to the API: public egress addresses (public endpoint) or internal ranges (private endpoint).
     master_authorized_cidrs: tuple[str, ...]
+    # The API only on its internal address; the kubeconfig then points there.
+    private_endpoint: bool
     release_channel: str
     autoscaling_profile: str
     system_pool: GkeNodePoolSpec
@@ -88,6 +103,8 @@ class GkeClusterArgs:
     # Deletion protection on the cluster (GKE's flag and Pulumi's protect).
     protect: bool
     labels: dict[str, str]
+    # Google APIs to enable before anything else; empty when the project manages its APIs itself.
+    apis: tuple[str, ...] = ()
 
     @property
     def workload_pool(self) -> str:
@@ -142,7 +159,6 @@ class GkeClusterArgs:
             cluster_name=config.cluster_name,
             project=gcp_cfg.project,
             region=gcp_cfg.region,
-            kubernetes_version=config.kubernetes_version,
             node_zones=tuple(gcp_cfg.node_zones),
             subnet_cidr=gcp_cfg.subnet_cidr,
             pods_cidr=gcp_cfg.pods_cidr,
@@ -150,12 +166,18 @@ class GkeClusterArgs:
             private_nodes=gcp_cfg.private_nodes,
             master_cidr=gcp_cfg.master_cidr,
             master_authorized_cidrs=tuple(gcp_cfg.master_authorized_cidrs),
+            private_endpoint=gcp_cfg.private_endpoint,
             release_channel=gcp_cfg.release_channel,
             autoscaling_profile=gcp_cfg.autoscaling_profile,
             system_pool=pools["system"],
             task_pool=pools["task"],
             protect=config.protect,
             labels=gcp_labels({**config.tags, "airflow-cluster": config.cluster_name}),
+            apis=(
+                (CLUSTER_APIS + (MANAGED_DATABASE_APIS if config.airflow.database == "managed" else ()))
+                if gcp_cfg.enable_apis
+                else ()
+            ),
         )
 
 
@@ -234,7 +256,19 @@ class GkeCluster(pulumi.ComponentResource):
             default_labels=args.labels,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        child = pulumi.ResourceOptions(parent=self, provider=self.gcp_provider)
+        # Kept enabled on destroy: other things in the project may use them.
+        self.enabled_apis: list[pulumi.Resource] = [
+            gcp.projects.Service(
+                f"{name}-api-{api.split('.')[0]}",
+                project=args.project,
+                service=api,
+                disable_on_destroy=False,
+                opts=pulumi.ResourceOptions(parent=self, provider=self.gcp_provider),
+            )
+            for api in args.apis
+        ]
+        # Every GCP resource waits for the APIs ("API has not been used in project ..." otherwise).
+        child = pulumi.ResourceOptions(parent=self, provider=self.gcp_provider, depends_on=self.enabled_apis)
 
         network, subnet = self._network(name, args, child)
         node_sa, node_sa_roles = self._node_service_account(name, args, child)
@@ -265,7 +299,9 @@ class GkeCluster(pulumi.ComponentResource):
                     enable_secure_boot=True, enable_integrity_monitoring=True
                 ),
             ),
-            min_master_version=args.kubernetes_version,
+            # No min_master_version: a release channel is always set, GKE rejects a minimum version the channel
+            # does not offer (STABLE runs a minor or two behind RAPID), and the channel upgrades the cluster past
+            # any minimum anyway. The channel's default version is what a new cluster gets.
             release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.release_channel),
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(workload_pool=args.workload_pool),
             # Node auto-provisioning stays off (we own the pools); the profile sets how eagerly GKE's own
@@ -276,9 +312,17 @@ class GkeCluster(pulumi.ComponentResource):
             private_cluster_config=(
                 gcp.container.ClusterPrivateClusterConfigArgs(
                     enable_private_nodes=True,
-                    # The endpoint stays reachable (from the authorized networks below) so Pulumi can deploy.
-                    enable_private_endpoint=False,
+                    # Default: the public endpoint stays on, open only to the authorized networks below (the
+                    # deployer's public address), so the same `up` that creates the cluster can deploy to it.
+                    enable_private_endpoint=args.private_endpoint,
                     master_ipv4_cidr_block=args.master_cidr,
+                    # The internal endpoint answers only clients in the cluster's region unless global access is
+                    # on; a runner or VPN gateway in another region of the VPC needs it.
+                    master_global_access_config=(
+                        gcp.container.ClusterPrivateClusterConfigMasterGlobalAccessConfigArgs(enabled=True)
+                        if args.private_endpoint
+                        else None
+                    ),
                 )
                 if args.private_nodes
                 else None
@@ -287,7 +331,9 @@ class GkeCluster(pulumi.ComponentResource):
                 cidr_blocks=[
                     gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=c, display_name=c)
                     for c in args.master_authorized_cidrs
-                ]
+                ],
+                # Only the listed networks: not every Google Cloud VM's public address as well.
+                gcp_public_cidrs_access_enabled=False,
             ),
             # Dataplane V2 (eBPF): NetworkPolicy enforcement built in, no separate Calico add-on.
             datapath_provider="ADVANCED_DATAPATH",
@@ -315,6 +361,7 @@ class GkeCluster(pulumi.ComponentResource):
         pool_depends_on: list[pulumi.Resource] = [*node_sa_roles, *([nat] if nat else [])]
         self.system_node_pool = self._node_pool(
             f"{name}-system",
+            "system",
             args,
             cluster,
             node_sa,
@@ -329,6 +376,7 @@ class GkeCluster(pulumi.ComponentResource):
         )
         self.task_node_pool = self._node_pool(
             f"{name}-tasks",
+            "tasks",
             args,
             cluster,
             node_sa,
@@ -348,30 +396,52 @@ class GkeCluster(pulumi.ComponentResource):
 
         if args.private_nodes:
             gcp.compute.Firewall(
-                f"{name}-control-plane-to-webhooks",
+                # Pulumi names it "<logical name>-<7 random characters>"; Compute Engine takes 63 at most, so the
+                # logical name stays within 30 (cluster name) + 1 + 24. The alias keeps rules made under the old
+                # logical name.
+                f"{name}-control-plane-to-keda",
                 network=network.id,
                 description="GKE control plane to KEDA metrics API (6443) and admission webhooks (9443) on nodes",
                 direction="INGRESS",
                 source_ranges=[args.master_cidr],
                 target_service_accounts=[node_sa.email],
                 allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=CONTROL_PLANE_TO_NODE_PORTS)],
-                opts=child,
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(aliases=[pulumi.Alias(name=f"{name}-control-plane-to-webhooks")])
+                ),
             )
 
         context = f"gke_{args.project}_{args.region}_{args.cluster_name}"
         self.cluster_name = cluster.name
+        # The address Pulumi and kubectl use: the internal one when that is the only endpoint. (`cluster.endpoint`
+        # is the public address whenever the public endpoint is on.)
+        api_address = (
+            cluster.private_cluster_config.apply(lambda c: c.private_endpoint)  # type: ignore[union-attr]
+            if args.private_endpoint
+            else cluster.endpoint
+        )
         self.kubeconfig = pulumi.Output.secret(
-            pulumi.Output.all(cluster.endpoint, cluster.master_auth.cluster_ca_certificate).apply(
+            pulumi.Output.all(api_address, cluster.master_auth.cluster_ca_certificate).apply(
                 lambda values: gke_kubeconfig(values[0], values[1], context)
             )
         )
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
+            # What makes this the same cluster. Unset, the Kubernetes provider takes a new API server address for a
+            # new cluster and replaces every Kubernetes resource (pulumi/pulumi-kubernetes#577), so turning on
+            # gcp.privateEndpoint would recreate Airflow. The cluster's CA changes only with a new cluster (or a CA
+            # rotation). pulumi-kubernetes 4.34.2 Provider `cluster_identifier`: "the provider will _only_ be
+            # replaced when clusterIdentifier changes".
+            cluster_identifier=cluster.master_auth.cluster_ca_certificate.apply(
+                lambda ca: f"{context}-{hashlib.sha256((ca or '').encode()).hexdigest()[:16]}"
+            ),
             # Kubernetes resources wait for both pools; otherwise Helm releases time out on a node-less cluster.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_pool, self.task_node_pool]),
         )
-        self.workload_identity = GkeWorkloadIdentity(args.cluster_name, args.project, self.gcp_provider, cluster)
+        self.workload_identity = GkeWorkloadIdentity(
+            args.cluster_name, args.project, self.gcp_provider, cluster, depends_on=self.enabled_apis
+        )
         self.network_id = network.id
         self.network_self_link = network.self_link
         self.subnetwork_self_link = subnet.self_link
@@ -463,6 +533,7 @@ class GkeCluster(pulumi.ComponentResource):
     def _node_pool(
         self,
         resource_name: str,
+        pool_name: str,
         args: GkeClusterArgs,
         cluster: gcp.container.Cluster,
         node_sa: gcp.serviceaccount.Account,
@@ -476,6 +547,9 @@ class GkeCluster(pulumi.ComponentResource):
     ) -> gcp.container.NodePool:
         return gcp.container.NodePool(
             resource_name,
+            # Explicit: unset, Pulumi would name it "<cluster>-<pool>-<7 random characters>", past GKE's 40-character
+            # limit for cluster names over 25 characters (pulumi/pulumi-gcp#1510). Pool names are per cluster.
+            name=pool_name,
             cluster=cluster.name,
             location=args.region,
             node_locations=list(args.node_zones) or None,
@@ -511,6 +585,8 @@ class GkeCluster(pulumi.ComponentResource):
                     # The autoscaler owns the node count; Pulumi must not scale the pool back on the next `up`.
                     ignore_changes=["nodeCount", "initialNodeCount"],
                     depends_on=depends_on,
+                    # A fixed name cannot exist twice: a replacement must delete the old pool first.
+                    delete_before_replace=True,
                 ),
             ),
         )

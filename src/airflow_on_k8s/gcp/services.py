@@ -15,11 +15,10 @@ import pulumi_gcp as gcp
 import pulumi_random as random
 
 from airflow_on_k8s.contract import CloudServices, KubernetesCluster, LogStore, PostgresDatabase
-from airflow_on_k8s.config import StackConfig
+from airflow_on_k8s.config import CloudSqlConfig, StackConfig
+from airflow_on_k8s.gcp.names import log_bucket_name
 
 POSTGRES_VERSION = "POSTGRES_16"
-# Shared-core for dev; a dedicated 2 vCPU / 7.5 GiB machine (regional, HA) for protected stacks.
-DB_TIERS = {False: "db-g1-small", True: "db-custom-2-7680"}
 LOG_RETENTION_DAYS = 90
 DATABASE = "airflow"
 DB_USER = "airflow"
@@ -32,6 +31,8 @@ class GcpServicesArgs:
     cluster_name: str
     protect: bool
     labels: dict[str, str]
+    # Edition, tier and log retention, checked against each other by the config.
+    cloud_sql: CloudSqlConfig = CloudSqlConfig()
 
 
 class GcpServices(CloudServices):
@@ -42,6 +43,8 @@ class GcpServices(CloudServices):
         # GkeCluster attributes beyond the contract: its GCP provider and VPC network.
         self._provider: gcp.Provider = cluster.gcp_provider
         self._network: pulumi.Output[str] = cluster.network_self_link
+        # The Google APIs the cluster enabled (Cloud Storage, Cloud SQL Admin, Service Networking among them).
+        self._apis: list[pulumi.Resource] = list(getattr(cluster, "enabled_apis", []))
 
     @classmethod
     def from_stack(cls, config: StackConfig, cluster: KubernetesCluster) -> GcpServices:
@@ -55,18 +58,23 @@ class GcpServices(CloudServices):
                 cluster_name=config.cluster_name,
                 protect=config.protect,
                 labels=gcp_labels(config.tags),
+                cloud_sql=config.gcp.cloud_sql,
             ),
             cluster,
         )
 
-    def _opts(self, parent: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=parent, provider=self._provider, **extra)
+    def _opts(
+        self, parent: pulumi.Resource, depends_on: list[pulumi.Resource] | None = None, **extra: Any
+    ) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(
+            parent=parent, provider=self._provider, depends_on=[*self._apis, *(depends_on or [])], **extra
+        )
 
     def log_store(self, name: str, parent: pulumi.Resource) -> LogStore:
         a = self.args
         bucket = gcp.storage.Bucket(
             name,
-            name=f"{a.project}-{a.cluster_name}-airflow-logs",
+            name=log_bucket_name(a.project, a.cluster_name),
             project=a.project,
             location=a.region,
             uniform_bucket_level_access=True,
@@ -107,6 +115,16 @@ class GcpServices(CloudServices):
             network=self._network,
             service="servicenetworking.googleapis.com",
             reserved_peering_ranges=[peering_range.name],
+            # Deleting the connection fails while Cloud SQL still holds the range ("Producer services ... are still
+            # using this connection"), which lasts past the instance's deletion, so `pulumi destroy` would stop here.
+            # pulumi-gcp 10.2.0 servicenetworking/connection.py, deletion_policy: ABANDON "leaves the VPC peering in
+            # place, which will block deletion of the network"; REMOVE_PEERING: "if the API refuses because service
+            # producer resources still use it, the VPC peering is removed from the network so that the network can
+            # be deleted".
+            deletion_policy="REMOVE_PEERING",
+            # A later `up` in the same project then updates the connection Service Networking still tracks instead
+            # of failing to create it.
+            update_on_creation_fail=True,
             opts=self._opts(parent),
         )
         instance = gcp.sql.DatabaseInstance(
@@ -117,7 +135,10 @@ class GcpServices(CloudServices):
             database_version=POSTGRES_VERSION,
             deletion_protection=a.protect,
             settings=gcp.sql.DatabaseInstanceSettingsArgs(
-                tier=DB_TIERS[a.protect],
+                # Always explicit: left unset, Cloud SQL makes a POSTGRES_16 instance ENTERPRISE_PLUS, which refuses
+                # shared-core and custom tiers (pulumi-gcp 10.2.0, sql/_inputs.py, `edition`).
+                edition=a.cloud_sql.edition,
+                tier=a.cloud_sql.tier_for(a.protect),
                 availability_type="REGIONAL" if a.protect else "ZONAL",
                 disk_autoresize=True,
                 user_labels=a.labels,
@@ -127,7 +148,10 @@ class GcpServices(CloudServices):
                     ssl_mode="ENCRYPTED_ONLY",
                 ),
                 backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
-                    enabled=True, point_in_time_recovery_enabled=a.protect
+                    enabled=True,
+                    point_in_time_recovery_enabled=a.protect,
+                    # Explicit, within what the edition keeps (7 days on ENTERPRISE, 35 on ENTERPRISE_PLUS).
+                    transaction_log_retention_days=a.cloud_sql.transaction_log_retention_days if a.protect else None,
                 ),
             ),
             opts=self._opts(parent, depends_on=[peering], protect=a.protect),

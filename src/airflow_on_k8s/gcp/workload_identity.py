@@ -8,7 +8,6 @@ pod's Kubernetes token for the GSA's access token.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Sequence
 
@@ -16,6 +15,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from airflow_on_k8s.contract import BucketGrant, WorkloadIdentity
+from airflow_on_k8s.gcp.names import bounded_name
 
 # Object roles per access level. objectUser (not objectAdmin) for read-write: it reads, writes,
 # lists and deletes objects but cannot change object ACLs or IAM, which nothing in Airflow needs.
@@ -40,10 +40,7 @@ def service_account_id(*parts: str) -> str:
         text = "sa-" + text
     if len(text) < _ACCOUNT_ID_MIN:
         text = f"{text}-account"
-    if len(text) > _ACCOUNT_ID_MAX:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:6]
-        text = text[: _ACCOUNT_ID_MAX - len(digest) - 1].rstrip("-") + "-" + digest
-    return text
+    return bounded_name(text, _ACCOUNT_ID_MAX)
 
 
 class GkeWorkloadIdentity(WorkloadIdentity):
@@ -55,6 +52,7 @@ class GkeWorkloadIdentity(WorkloadIdentity):
         project: str,
         gcp_provider: gcp.Provider,
         cluster: pulumi.Resource,
+        depends_on: Sequence[pulumi.Resource] = (),
     ) -> None:
         self.cluster_name = cluster_name
         self.project = project
@@ -62,6 +60,8 @@ class GkeWorkloadIdentity(WorkloadIdentity):
         self._provider = gcp_provider
         # The workload pool exists only once the cluster does; IAM rejects members of a missing pool.
         self._cluster = cluster
+        # The APIs the bindings call (IAM, Cloud Storage), when the cluster enables them.
+        self._depends_on = list(depends_on)
 
     def member(self, namespace: str, service_account: str) -> str:
         """The IAM principal for one Kubernetes service account."""
@@ -84,7 +84,7 @@ class GkeWorkloadIdentity(WorkloadIdentity):
                     f"{name}: bucket access {grant.access!r} is not known; use one of {', '.join(BUCKET_ROLES)}"
                 )
 
-        opts = pulumi.ResourceOptions(parent=parent, provider=self._provider)
+        opts = pulumi.ResourceOptions(parent=parent, provider=self._provider, depends_on=self._depends_on)
         gsa = gcp.serviceaccount.Account(
             f"{name}-gsa",
             account_id=service_account_id(self.cluster_name, name),

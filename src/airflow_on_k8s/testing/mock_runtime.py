@@ -144,6 +144,9 @@ def fake_outputs(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any
             name=inputs.get("name", name),
             selfLink=f"https://container.googleapis.com/v1/projects/p/locations/r/clusters/{name}",
         )
+        if inputs.get("privateClusterConfig"):
+            # A private cluster's internal API address, from its control-plane range.
+            out["privateClusterConfig"] = {**inputs["privateClusterConfig"], "privateEndpoint": "172.16.0.2"}
     elif type_ == "gcp:serviceaccount/account:Account":
         project = inputs.get("project", "mock-project")
         email = f"{inputs.get('accountId', name)}@{project}.iam.gserviceaccount.com"
@@ -232,6 +235,8 @@ def _make_monitor(mocks: _RecordingMocks, recorded: list[RecordedResource]):
                 options["dependsOn"] = sorted({d.split("::")[-1] for d in request.dependencies})
             if request.retainOnDelete:
                 options["retainOnDelete"] = True
+            if request.deleteBeforeReplace:
+                options["deleteBeforeReplace"] = True
             if list(request.additionalSecretOutputs):
                 options["additionalSecretOutputs"] = list(request.additionalSecretOutputs)
             recorded.append(
