@@ -65,6 +65,17 @@ def test_metrics_server_everywhere_but_gke_by_default(run):
     assert ("--kubelet-insecure-tls" in release.inputs["values"].get("args", [])) is (cfg.cloud == "local")
 
 
+def test_metrics_server_never_pins_a_node_for_the_cluster_autoscaler(run):
+    # Chart 3.13.0 mounts an emptyDir named `tmp` (templates/deployment.yaml: `- name: tmp` with values.yaml
+    # `tmpVolume: emptyDir: {}`); the Cluster Autoscaler keeps a node under such a pod unless the pod names
+    # every local volume in this annotation (cluster-autoscaler-1.34.1 utils/drain/drain.go HasBlockingLocalStorage).
+    releases = [r for r in run.by_type(RELEASE) if r.inputs["chart"] == METRICS_SERVER_CHART.chart]
+    for release in releases:
+        annotations = release.inputs["values"]["podAnnotations"]
+        assert annotations == {"cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes": "tmp"}
+        assert "tmpVolume" not in release.inputs["values"]  # the chart's volume name and kind are kept
+
+
 @pytest.mark.parametrize(
     "cloud, setting, installed",
     [

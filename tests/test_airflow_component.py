@@ -29,6 +29,9 @@ from airflow_on_k8s.airflow.component import (  # noqa: E402
 from airflow_on_k8s.config import parse_stack_config  # noqa: E402
 from airflow_on_k8s.task_pool import TASK_POOL  # noqa: E402
 from airflow_on_k8s.versions import AIRFLOW_CHART, AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG, AIRFLOW_VERSION  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from airflow_on_k8s.config import ConfigError  # noqa: E402
 from tests.conftest import program_run  # noqa: E402
 from tests.test_addons import stack_config  # noqa: E402
 from airflow_on_k8s.testing.mock_runtime import ProgramRun, available_stacks  # noqa: E402
@@ -107,8 +110,30 @@ def test_scheduler_and_api_server_have_disruption_budgets(run):
 def test_ui_stays_on_a_cluster_ip_unless_exposed(run):
     cfg = stack_config(run.stack)
     assert values(run)["apiServer"]["service"]["type"] == ("LoadBalancer" if cfg.airflow.expose_ui else "ClusterIP")
-    exposed = chart_values(local_args(airflow__exposeUi=True), local_settings="")
-    assert exposed["apiServer"]["service"]["type"] == "LoadBalancer"
+    exposed = chart_values(local_args(airflow__exposeUi=True, airflow__uiSourceRanges=["203.0.113.7/32"]), local_settings="")
+    assert exposed["apiServer"]["service"] == {"type": "LoadBalancer", "loadBalancerSourceRanges": ["203.0.113.7/32"]}
+
+
+def test_an_exposed_ui_needs_source_ranges_or_an_internal_load_balancer():
+    with pytest.raises(ConfigError, match=r"airflow-on-k8s:airflow.uiSourceRanges: exposeUi makes an internet-facing"):
+        local_args(airflow__exposeUi=True)
+    with pytest.raises(ConfigError, match=r"airflow.uiSourceRanges: '203.0.113.7/24' is not a CIDR block"):
+        local_args(airflow__exposeUi=True, airflow__uiSourceRanges=["203.0.113.7/24"])  # host bits set
+    with pytest.raises(ConfigError, match=r"airflow.exposeUi: is false"):
+        local_args(airflow__uiSourceRanges=["203.0.113.0/24"])
+
+
+@pytest.mark.parametrize(
+    ("cloud", "annotation"),
+    [
+        ("aws", {"service.beta.kubernetes.io/aws-load-balancer-internal": "true", "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal"}),
+        ("gcp", {"networking.gke.io/load-balancer-type": "Internal"}),
+    ],
+)
+def test_an_internal_ui_load_balancer_carries_the_clouds_annotation(cloud, annotation):
+    args = replace(local_args(airflow__exposeUi=True, airflow__uiInternalLoadBalancer=True), cloud=cloud)
+    service = chart_values(args, local_settings="")["apiServer"]["service"]
+    assert service == {"type": "LoadBalancer", "annotations": annotation}
 
 
 def test_exports_tell_how_to_reach_the_ui(run):
@@ -334,3 +359,67 @@ def test_every_stack_sets_its_scaling_mode(run):
     celery = values(run)["workers"]["celery"]
     assert celery["keda"]["enabled"] is (cfg.scaling.mode == "keda")
     assert celery["hpa"]["enabled"] is (cfg.scaling.mode == "hpa")
+
+
+# --- first install, eviction, the worker count (issue 8 items 1, 7, 8) ------------------------------------
+
+
+def test_migration_and_user_jobs_are_plain_jobs_not_post_install_hooks(run):
+    # With atomic (so --wait), Helm runs post-install hooks after every workload is ready, and every Airflow
+    # pod waits for the migration: the chart's docs/index.rst ("Installing the Helm Chart with Argo CD, Flux,
+    # Rancher or Terraform") requires these four values.
+    v = values(run)
+    for job in ("migrateDatabaseJob", "createUserJob"):
+        assert v[job]["useHelmHooks"] is False, job
+        assert v[job]["applyCustomEnv"] is False, job
+    assert run.one(RELEASE, "airflow").inputs["atomic"] is True
+
+
+def test_workers_are_never_evictable_by_a_node_autoscaler(run):
+    workers = values(run)["workers"]
+    # workers.celery.safeToEvict (chart 1.21.0, apache/airflow#61915) and the deprecated workers.safeToEvict.
+    assert workers["celery"]["safeToEvict"] is False
+    assert workers["safeToEvict"] is False
+
+
+def test_keys_a_1_21_template_may_read_at_either_level_are_set_identically(run):
+    workers = values(run)["workers"]
+    for key in component.WORKER_KEYS_SET_TWICE:
+        if key in workers["celery"]:
+            assert workers[key] == workers["celery"][key], key
+    assert set(workers) - {"celery"} <= set(component.WORKER_KEYS_SET_TWICE)
+
+
+def test_the_worker_service_account_and_its_log_identity_are_under_both_keys(run):
+    # apache/airflow#67261 / #66579: chart 1.21.0 templates read workers.celery.serviceAccount in some places
+    # and the deprecated workers.serviceAccount in others; the IRSA / Workload Identity annotation must land.
+    cfg = stack_config(run.stack)
+    workers = values(run)["workers"]
+    assert workers["serviceAccount"] == workers["celery"]["serviceAccount"]
+    assert workers["serviceAccount"]["name"] == component.WORKER_SERVICE_ACCOUNT
+    if cfg.cloud != "local":
+        annotation = {"aws": "eks.amazonaws.com/role-arn", "gcp": "iam.gke.io/gcp-service-account"}[cfg.cloud]
+        assert annotation in workers["serviceAccount"]["annotations"]
+
+
+@pytest.mark.parametrize("min_workers", [0, 1, 4])
+def test_task_aware_sets_the_replica_count_under_both_keys_so_zero_renders_as_zero(min_workers):
+    # The chart renders `workers.celery.replicas | default workers.replicas`, and `default` treats 0 as unset
+    # (tests/test_helm_postrender.py renders it with a real Helm).
+    workers = chart_values(local_args(scaling__mode="task-aware", scaling__minWorkers=min_workers), local_settings="")["workers"]
+    assert workers["celery"]["replicas"] == workers["replicas"] == min_workers
+
+
+def test_task_aware_releases_drop_the_worker_replicas_through_a_post_renderer(run):
+    cfg = stack_config(run.stack)
+    release = run.one(RELEASE, "airflow").inputs
+    if cfg.scaling.mode != "task-aware":
+        assert not release.get("postrender")  # the chart renders no replicas with its KEDA or HPA on
+        return
+    # Relative to the project directory Pulumi runs providers in: the same inputs from every checkout.
+    assert release["postrender"] == f"./{component.POSTRENDER_COMMAND.as_posix()}"
+    assert str(Path.cwd()) not in release["postrender"]
+    command = Path.cwd() / component.POSTRENDER_COMMAND
+    assert os.access(command, os.X_OK)
+    assert "--drop-replicas=Deployment/airflow-worker" in command.read_text()
+    assert component.POSTRENDER_TARGETS == (("Deployment", component.WORKER_DEPLOYMENT),)

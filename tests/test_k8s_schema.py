@@ -47,7 +47,7 @@ def test_every_object_validates_against_the_kubernetes_schema(run):
     version = stack_config(run.stack).kubernetes_version
     objects = kubernetes_objects(run)
     kinds = {r.inputs["kind"] for r in objects}
-    assert {"Namespace", "Secret", "Role", "RoleBinding", "LimitRange", "ResourceQuota"} <= kinds
+    assert {"Namespace", "Secret", "Role", "RoleBinding", "LimitRange", "ResourceQuota", "NetworkPolicy"} <= kinds
     for r in objects:
         body = manifest(r.inputs)
         assert "<computed>" not in str(body), r.name

@@ -454,6 +454,22 @@ def test_pod_runs_non_root_read_only_with_requests_and_limits(run):
     assert requests["cpu"] and requests["memory"] and limits["memory"]
 
 
+def test_the_cluster_autoscaler_may_discard_every_local_volume_of_the_pod(run):
+    # Without the annotation, an emptyDir keeps the Cluster Autoscaler from removing the node (cluster-autoscaler
+    # 1.34.1 FAQ.md "What types of pods can prevent CA from removing a node?"; utils/drain/drain.go
+    # isLocalVolume: hostPath, or emptyDir not in memory), and the two replicas would pin two system nodes.
+    template = objects(run)["Deployment"]["spec"]["template"]
+    local = {
+        v["name"] for v in template["spec"]["volumes"]
+        if "hostPath" in v or ("emptyDir" in v and v["emptyDir"].get("medium") != "Memory")
+    }
+    assert local == {"tmp"}
+    listed = template["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"]
+    assert set(listed.split(",")) == local
+    # Still evictable the normal way (no safe-to-evict override): the Lease hands over to the standby.
+    assert "cluster-autoscaler.kubernetes.io/safe-to-evict" not in template["metadata"]["annotations"]
+
+
 def test_pod_runs_on_the_system_pool(run):
     spec = objects(run)["Deployment"]["spec"]["template"]["spec"]
     assert "tolerations" not in spec and "nodeSelector" not in spec
@@ -558,8 +574,9 @@ def test_each_stacks_workers_outlast_a_drain_and_start_at_min_workers(run):
 
 
 def test_an_unchanged_pulumi_up_leaves_the_release_alone():
-    # Pulumi upgrades a Helm release only when its inputs change, and every upgrade puts the worker count back
-    # to minWorkers. A fresh run of the program must therefore produce the very same release inputs.
+    # Pulumi upgrades a Helm release only when its inputs change. The worker count survives an upgrade (the
+    # post-renderer, tests/test_helm_postrender.py), but an upgrade still rolls pods whose template changed, so a
+    # fresh run of the program must produce the very same release inputs (the post-renderer path included).
     stack = TASK_AWARE_STACKS[0]
     cached, fresh = program_run(stack), run_program(stack)
 

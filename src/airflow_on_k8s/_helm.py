@@ -20,11 +20,16 @@ def pinned_release(
     depends_on: list[pulumi.Resource] | None = None,
     create_namespace: bool = False,
     timeout_seconds: int = 600,
+    postrender: str | None = None,
 ) -> k8s.helm.v3.Release:
     """A Helm release of `chart` at its pinned version.
 
-    helm.v3.Release (not v4 Chart) because the Airflow chart relies on Helm hooks (database migration,
-    user creation) and because an atomic release rolls back a failed upgrade as `helm upgrade --atomic` does.
+    helm.v3.Release rather than the v4 Chart: an atomic release rolls a failed upgrade back as
+    `helm upgrade --atomic` does, and Helm's three-way merge leaves alone the fields no release manifest
+    sets (which the Airflow worker count relies on, airflow_on_k8s/airflow/helm_postrender.py). Chart v4 deploys the
+    output of `helm template` as individual Pulumi resources: hooks are dropped, there is no rollback, and
+    moving an installed release onto it would delete and recreate every object.
+    `postrender`: path of an executable Helm pipes the rendered manifests through (no arguments).
     """
     return k8s.helm.v3.Release(
         name,
@@ -39,6 +44,7 @@ def pinned_release(
             atomic=True,
             cleanup_on_fail=True,
             timeout=timeout_seconds,
+            postrender=postrender,
         ),
         opts=pulumi.ResourceOptions(parent=parent, provider=provider, depends_on=depends_on or []),
     )

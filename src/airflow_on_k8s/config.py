@@ -380,6 +380,12 @@ class AirflowConfig(_Model):
     # The UI stays on a ClusterIP service unless this is set.
     expose_ui: bool = False
     """Expose the Airflow UI through a LoadBalancer; by default it stays on a ClusterIP service."""
+    ui_source_ranges: list[str] = []
+    """With exposeUi: the CIDRs that may reach the UI's load balancer (required unless it is internal)."""
+    ui_internal_load_balancer: bool = False
+    """With exposeUi: a load balancer reachable only from inside the VPC/network instead of the internet."""
+    task_egress_cidrs: list[str] = []
+    """Private CIDRs task pods may reach besides the internet (e.g. a database in a peered network)."""
 
     @field_validator("namespace", "task_namespace")
     @classmethod
@@ -388,10 +394,32 @@ class AirflowConfig(_Model):
             raise ValueError(f"{v!r} is not a valid namespace name (lowercase letters, digits, '-', max 63)")
         return v
 
+    @field_validator("ui_source_ranges", "task_egress_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for text in v:
+            try:
+                ipaddress.ip_network(text, strict=True)
+            except ValueError as e:
+                raise ValueError(f"{text!r} is not a CIDR block ({e}); write it like 203.0.113.7/32") from None
+        return v
+
     @model_validator(mode="after")
-    def _distinct_namespaces(self) -> AirflowConfig:
+    def _airflow_rules(self) -> AirflowConfig:
+        problems = []
         if self.namespace == self.task_namespace:
-            raise ValueError("taskNamespace: equals namespace; give task pods their own namespace, e.g. airflow-tasks")
+            problems.append("taskNamespace: equals namespace; give task pods their own namespace, e.g. airflow-tasks")
+        if self.expose_ui and not self.ui_internal_load_balancer and not self.ui_source_ranges:
+            # No open default: an internet-facing load balancer with no source ranges admits everyone.
+            problems.append(
+                "uiSourceRanges: exposeUi makes an internet-facing load balancer; list the CIDRs that may reach "
+                "it (your own egress address: `curl https://checkip.amazonaws.com`, then a.b.c.d/32), or set "
+                "uiInternalLoadBalancer: true"
+            )
+        if (self.ui_source_ranges or self.ui_internal_load_balancer) and not self.expose_ui:
+            problems.append("exposeUi: is false, so uiSourceRanges/uiInternalLoadBalancer have no effect; set exposeUi: true")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
 
@@ -406,7 +434,7 @@ class ScalingConfig(_Model):
     """Most Celery workers."""
     target_load_factor: float = Field(default=1.0, gt=0, le=1.0)
     """Share of task slots to fill: workers = ceil(tasks / (concurrency x factor))."""
-    # The rest tunes the task-aware autoscaler (airflow_on_k8s.autoscaler/); keda and hpa modes ignore it.
+    # The rest tunes the task-aware autoscaler (airflow_on_k8s/autoscaler/); keda and hpa modes ignore it.
     queues: list[str] = ["default"]
     """task-aware: Celery queues the workers consume; only their tasks count, and drains cancel them all."""
     poll_interval_seconds: int = Field(default=10, ge=1, le=300)

@@ -24,6 +24,9 @@ def _resources(cpu: str, memory: str, memory_limit: str) -> dict[str, Any]:
     return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": "1", "memory": memory_limit}}
 
 
+# Where KEDA runs; the Airflow namespace's NetworkPolicies admit its operator to the metadata database.
+KEDA_NAMESPACE = "keda"
+
 RESOURCES = {
     "operator": _resources("100m", "128Mi", "512Mi"),
     "metricServer": _resources("100m", "128Mi", "512Mi"),
@@ -33,7 +36,7 @@ RESOURCES = {
 
 @dataclass(frozen=True)
 class KedaArgs:
-    namespace: str = "keda"
+    namespace: str = KEDA_NAMESPACE
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> KedaArgs:  # noqa: ARG003 - same shape as every component

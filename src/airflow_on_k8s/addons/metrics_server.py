@@ -18,6 +18,10 @@ from airflow_on_k8s.versions import METRICS_SERVER_CHART
 
 # metrics-server's own sizing guidance: about 1m CPU and 2 MiB per node; these cover ~100 nodes.
 RESOURCES = {"requests": {"cpu": "100m", "memory": "200Mi"}, "limits": {"memory": "400Mi"}}
+# Chart 3.13.0 mounts an emptyDir named `tmp` (templates/deployment.yaml, values.yaml `tmpVolume`). The Cluster
+# Autoscaler keeps a node whose pods have an emptyDir unless the pod lists it in this annotation
+# (cluster-autoscaler-1.34.1 FAQ.md, "What types of pods can prevent CA from removing a node?").
+POD_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes": "tmp"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class MetricsServerArgs:
         return cls(install=install, kubelet_insecure_tls=config.cloud == "local")
 
     def chart_values(self) -> dict[str, Any]:
-        values: dict[str, Any] = {"resources": RESOURCES}
+        values: dict[str, Any] = {"resources": RESOURCES, "podAnnotations": POD_ANNOTATIONS}
         if self.kubelet_insecure_tls:
             values["args"] = ["--kubelet-insecure-tls"]
         return values

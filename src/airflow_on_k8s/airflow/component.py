@@ -16,6 +16,19 @@ What this component adds to the chart's defaults, and why:
   cluster they stay on the pods.
 - DAGs: git-sync from `airflow.gitSync.repo`; without a repo, the example DAGs in this repository's `airflow_on_k8s/airflow/dags/`
   are shipped in a ConfigMap mounted as the DAG folder (read-only; edit them here and `pulumi up`).
+- The database migration and admin-user jobs are plain Jobs, not Helm hooks: Helm (atomic, so waiting) runs
+  post-install hooks only after every workload is ready, and every Airflow pod waits in an init container
+  for the migration, so hooks deadlock the first install (the chart's docs/index.rst, "Installing the Helm
+  Chart with Argo CD, Flux, Rancher or Terraform": `useHelmHooks: false` and `applyCustomEnv: false` on both).
+- Celery workers are never evictable by a node autoscaler (`safe-to-evict: "false"`): a busy worker would
+  be drained with a grace capped at 10 minutes; idle ones are removed by the worker count's owner anyway.
+- In task-aware mode the release never sets the worker Deployment's replica count: a post-renderer removes
+  it from the rendered manifests, so upgrades and rollbacks leave the autoscaler's count alone
+  (airflow_on_k8s/airflow/helm_postrender.py).
+- Redis, the bundled Postgres and PgBouncer accept connections only from Airflow's own pods
+  (airflow_on_k8s/airflow/network_policies.py); Pod Security Standards `baseline` on the namespace.
+- `airflow.exposeUi` requires `airflow.uiSourceRanges` (the chart's `apiServer.service.loadBalancerSourceRanges`)
+  or `airflow.uiInternalLoadBalancer`.
 """
 
 from __future__ import annotations
@@ -33,6 +46,9 @@ from airflow_on_k8s.airflow.local_settings import render_local_settings
 from airflow_on_k8s.contract import BucketGrant, CloudServices, KubernetesCluster, LogStore, PostgresDatabase
 from airflow_on_k8s.config import StackConfig
 from airflow_on_k8s._helm import pinned_release
+from airflow_on_k8s.airflow.helm_postrender import write_command
+from airflow_on_k8s.addons.keda import KEDA_NAMESPACE
+from airflow_on_k8s.airflow.network_policies import KEDA_OPERATOR, PSS_LABELS, namespace_selector, store_policy
 from airflow_on_k8s.versions import AIRFLOW_CHART, AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG, AIRFLOW_VERSION
 
 RELEASE = "airflow"
@@ -52,6 +68,31 @@ POD_LAUNCHER_SERVICE_ACCOUNTS = (WORKER_SERVICE_ACCOUNT, TRIGGERER_SERVICE_ACCOU
 UI_SERVICE = f"{RELEASE}-api-server"
 UI_PORT = 8080
 ADMIN_USER = "admin"
+
+# Chart 1.21.0 labels (tier/component/release on every Airflow pod; the bundled Postgres is a Bitnami-style
+# subchart labelled by chart name and release). The worker autoscaler's own labels are added by its component.
+AIRFLOW_POD_LABELS = {"tier": "airflow", "release": RELEASE}
+REDIS_POD_LABELS = {"tier": "airflow", "component": "redis", "release": RELEASE}
+PGBOUNCER_POD_LABELS = {"tier": "airflow", "component": "pgbouncer", "release": RELEASE}
+POSTGRES_POD_LABELS = {"app.kubernetes.io/name": "postgresql", "app.kubernetes.io/instance": RELEASE}
+REDIS_PORT, POSTGRES_PORT, PGBOUNCER_PORT, PGBOUNCER_METRICS_PORT = 6379, 5432, 6543, 9127
+# Pods outside the chart that talk to Redis and the metadata database (airflow_on_k8s/airflow/worker_autoscaler.py).
+WORKER_AUTOSCALER_POD_LABELS = {"app.kubernetes.io/name": "worker-autoscaler", "app.kubernetes.io/part-of": RELEASE}
+
+# Load-balancer annotations that make the UI's Service internal to the VPC/network, per cloud.
+INTERNAL_LB_ANNOTATIONS: dict[str, dict[str, str]] = {
+    # The in-tree AWS cloud provider, and the AWS Load Balancer Controller where one is installed.
+    "aws": {
+        "service.beta.kubernetes.io/aws-load-balancer-internal": "true",
+        "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal",
+    },
+    "gcp": {"networking.gke.io/load-balancer-type": "Internal"},
+    "local": {},
+}
+# Where the post-renderer command is written, relative to the directory Pulumi runs the program and its
+# providers from (the project directory): a relative path keeps the release's inputs the same on every
+# machine, so a `pulumi up` from another checkout does not upgrade the release.
+POSTRENDER_COMMAND = Path(".airflow-on-k8s") / "helm-postrender-airflow"
 
 
 class SecretNames:
@@ -129,6 +170,9 @@ class AirflowArgs:
     max_workers: int
     # task-aware: the longest the autoscaler waits for a worker to finish its tasks (scaling.drainTimeoutSeconds).
     drain_timeout_seconds: int = 300
+    # exposeUi: who may reach the UI's load balancer, or an internal one.
+    ui_source_ranges: tuple[str, ...] = ()
+    ui_internal_load_balancer: bool = False
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> AirflowArgs:
@@ -147,6 +191,8 @@ class AirflowArgs:
             min_workers=s.min_workers,
             max_workers=s.max_workers,
             drain_timeout_seconds=s.drain_timeout_seconds,
+            ui_source_ranges=tuple(a.ui_source_ranges),
+            ui_internal_load_balancer=a.ui_internal_load_balancer,
         )
 
 
@@ -191,12 +237,12 @@ def scaling_values(args: AirflowArgs) -> dict[str, Any]:
                 "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
             },
         }
-    # task-aware: the worker autoscaler (airflow_on_k8s/airflow/worker_autoscaler.py) owns the replica count; the chart only
-    # sets the first one. The chart always renders `replicas` unless its KEDA or HPA is on (either would fight
-    # the autoscaler), so a Helm upgrade puts the count back to minWorkers. Pulumi upgrades the release only
-    # when its inputs change (they are deterministic), and the workers it then stops still finish their tasks:
-    # Celery's warm shutdown gets at least as long as the autoscaler's own drain (worker_grace_seconds), and the
-    # autoscaler scales back up within one poll interval.
+    # task-aware: the worker autoscaler (airflow_on_k8s/airflow/worker_autoscaler.py) owns the replica count. The chart
+    # renders `replicas` unless its KEDA or HPA is on (either would fight the autoscaler); the release's
+    # post-renderer removes it again (airflow_on_k8s/airflow/helm_postrender.py), so no upgrade or rollback resets it and a
+    # new Deployment starts at Kubernetes' default of one worker. `replicas` stays here for a release rendered
+    # without the post-renderer (`helm template`); worker_values repeats it under the deprecated key because
+    # the chart renders `workers.celery.replicas | default workers.replicas`, and `default` treats 0 as unset.
     return {
         "replicas": args.min_workers,
         "keda": keda_off,
@@ -217,6 +263,31 @@ def worker_grace_seconds(drain_timeout_seconds: int) -> int:
 
 
 WORKER_DEPLOYMENT = f"{RELEASE}-worker"
+# What the post-renderer takes `spec.replicas` away from in task-aware mode.
+POSTRENDER_TARGETS = (("Deployment", WORKER_DEPLOYMENT),)
+
+# Worker keys that chart 1.21.0 moved under `workers.celery` while still reading the old `workers` ones in some
+# templates (1.19-1.21 release notes: "deprecated in favor of workers.celery.*"; apache/airflow#67261 and
+# #66579 show 1.21.0 templates mixing both). Where a wrong read would kill tasks or lose the log identity,
+# the value goes under both keys, so the rendering is right whichever one a template reads.
+WORKER_KEYS_SET_TWICE = ("safeToEvict", "serviceAccount", "replicas", "terminationGracePeriodSeconds")
+
+
+def worker_values(args: AirflowArgs, service_account: dict[str, Any], groomer: dict[str, Any]) -> dict[str, Any]:
+    """The chart's `workers` section: `workers.celery` plus the deprecated twins of WORKER_KEYS_SET_TWICE."""
+    celery: dict[str, Any] = {
+        "resources": worker_resources(args.worker_concurrency),
+        "logGroomerSidecar": groomer,
+        "persistence": {"enabled": False},
+        "serviceAccount": service_account,
+        # The chart renders cluster-autoscaler.kubernetes.io/safe-to-evict from this on every worker pod.
+        # "false": the Cluster Autoscaler (and GKE's) never drains a node under a busy worker; idle workers
+        # are removed by the worker count's owner (the task-aware autoscaler, KEDA or the HPA).
+        "safeToEvict": False,
+        **scaling_values(args),
+    }
+    workers = {key: celery[key] for key in WORKER_KEYS_SET_TWICE if key in celery}
+    return {**workers, "celery": celery}
 # The chart's labels on worker pods (its Deployment's selector).
 WORKER_POD_LABELS = {"tier": "airflow", "component": "worker", "release": RELEASE}
 
@@ -273,7 +344,7 @@ def chart_values(
         "apiServer": {
             "resources": RESOURCES["apiServer"],
             "podDisruptionBudget": {"enabled": True, "config": {"maxUnavailable": 1}},
-            "service": {"type": "LoadBalancer" if args.expose_ui else "ClusterIP"},
+            "service": ui_service_values(args),
             "serviceAccount": service_account(API_SERVER_SERVICE_ACCOUNT),
         },
         "dagProcessor": {
@@ -288,20 +359,14 @@ def chart_values(
             # With remote logs the triggerer needs no volume of its own.
             "persistence": {"enabled": False} if log_store else {"enabled": True, "size": "10Gi"},
         },
-        "workers": {
-            "celery": {
-                "resources": worker_resources(args.worker_concurrency),
-                "logGroomerSidecar": groomer(),
-                "persistence": {"enabled": False},
-                "serviceAccount": service_account(WORKER_SERVICE_ACCOUNT),
-                **scaling_values(args),
-            }
-        },
+        "workers": worker_values(args, service_account(WORKER_SERVICE_ACCOUNT), groomer()),
         "redis": {"resources": RESOURCES["redis"], "passwordSecretName": SecretNames.redis_password},
         "statsd": {"resources": RESOURCES["statsd"]},
-        "migrateDatabaseJob": {"resources": RESOURCES["migrateDatabaseJob"]},
+        # Plain Jobs, not post-install hooks (see the module docstring): the deadlock fix from the chart's docs.
+        "migrateDatabaseJob": {"resources": RESOURCES["migrateDatabaseJob"], **NO_HOOKS},
         "createUserJob": {
             "resources": RESOURCES["createUserJob"],
+            **NO_HOOKS,
             # Kubernetes expands $(VAR) in args from the container's env, so the password never enters the values.
             "defaultUser": {"username": ADMIN_USER, "password": "$(AIRFLOW_ADMIN_PASSWORD)"},
             "env": [
@@ -317,6 +382,8 @@ def chart_values(
             "metricsExporterSidecar": {"resources": RESOURCES["pgbouncerExporter"]},
         },
         "postgresql": {"enabled": not managed_database},
+        # The chart's own policies would cut off the worker autoscaler; ours are in airflow_network_policies.
+        "networkPolicies": {"enabled": False},
     }
     if managed_database:
         values["pgbouncer"].update(
@@ -347,6 +414,57 @@ def chart_values(
         values["volumes"] = [{"name": "example-dags", "configMap": {"name": f"{RELEASE}-example-dags"}}]
         values["volumeMounts"] = [{"name": "example-dags", "mountPath": f"{AIRFLOW_HOME}/dags", "readOnly": True}]
     return values
+
+
+# chart/docs/index.rst, "Installing the Helm Chart with Argo CD, Flux, Rancher or Terraform": with these
+# off the jobs are ordinary release objects that start with everything else; `applyCustomEnv: false` keeps
+# the release-wide `env` (connections for tasks) out of them.
+NO_HOOKS = {"useHelmHooks": False, "applyCustomEnv": False}
+
+
+def ui_service_values(args: AirflowArgs) -> dict[str, Any]:
+    """`apiServer.service`: ClusterIP, or a LoadBalancer limited to `uiSourceRanges` and/or internal."""
+    if not args.expose_ui:
+        return {"type": "ClusterIP"}
+    service: dict[str, Any] = {"type": "LoadBalancer"}
+    if args.ui_source_ranges:
+        # chart 1.21.0 templates/api-server/api-server-service.yaml renders it as spec.loadBalancerSourceRanges.
+        service["loadBalancerSourceRanges"] = list(args.ui_source_ranges)
+    if args.ui_internal_load_balancer:
+        service["annotations"] = dict(INTERNAL_LB_ANNOTATIONS[args.cloud])
+    if not args.ui_source_ranges and not args.ui_internal_load_balancer:
+        raise ValueError("exposeUi needs uiSourceRanges or uiInternalLoadBalancer (the config checks this)")
+    return service
+
+
+def airflow_network_policies(namespace: str, *, managed_database: bool, scaling_mode: str) -> list[dict[str, Any]]:
+    """Ingress policies for Redis and the metadata database (bundled Postgres or PgBouncer)."""
+    clients: list[dict[str, Any]] = [
+        {"podSelector": {"matchLabels": AIRFLOW_POD_LABELS}},
+        {"podSelector": {"matchLabels": WORKER_AUTOSCALER_POD_LABELS}},
+    ]
+    db_clients = list(clients)
+    if scaling_mode == "keda":
+        # The chart's ScaledObject runs its SQL trigger from the KEDA operator, in KEDA's namespace.
+        db_clients.append({"namespaceSelector": namespace_selector(KEDA_NAMESPACE), "podSelector": {"matchLabels": KEDA_OPERATOR}})
+    labels = {"app.kubernetes.io/part-of": "airflow"}
+    policies = [store_policy(f"{RELEASE}-redis-clients", namespace, REDIS_POD_LABELS, [REDIS_PORT], clients, labels)]
+    if managed_database:
+        policies.append(
+            store_policy(
+                f"{RELEASE}-pgbouncer-clients",
+                namespace,
+                PGBOUNCER_POD_LABELS,
+                [PGBOUNCER_PORT, PGBOUNCER_METRICS_PORT],
+                db_clients,
+                labels,
+            )
+        )
+    else:
+        policies.append(
+            store_policy(f"{RELEASE}-postgresql-clients", namespace, POSTGRES_POD_LABELS, [POSTGRES_PORT], db_clients, labels)
+        )
+    return policies
 
 
 def pgbouncer_ini(db: PostgresDatabase, host: str, port: int, release: str = RELEASE) -> str:
@@ -398,7 +516,7 @@ class Airflow(pulumi.ComponentResource):
         namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=args.namespace, labels={"app.kubernetes.io/part-of": "airflow"}
+                name=args.namespace, labels={"app.kubernetes.io/part-of": "airflow", **PSS_LABELS}
             ),
             opts=pulumi.ResourceOptions(parent=self, provider=cluster.provider),
         )
@@ -480,6 +598,23 @@ class Airflow(pulumi.ComponentResource):
                     parent=cloud_parent,
                 )
 
+        # Stores before the release, so Redis and Postgres never run unprotected.
+        for policy in airflow_network_policies(args.namespace, managed_database=managed, scaling_mode=args.scaling_mode):
+            prerequisites.append(
+                k8s.networking.v1.NetworkPolicy(
+                    f"{name}-{policy['metadata']['name'].removeprefix(RELEASE + '-')}",
+                    metadata=policy["metadata"],
+                    spec=policy["spec"],
+                    opts=self._in_namespace,
+                )
+            )
+
+        postrender = None
+        if args.scaling_mode == "task-aware":
+            # The worker autoscaler owns spec.replicas of the worker Deployment; Helm must not set it.
+            write_command(Path.cwd() / POSTRENDER_COMMAND, POSTRENDER_TARGETS)
+            postrender = f"./{POSTRENDER_COMMAND.as_posix()}"
+
         values = chart_values(
             args,
             local_settings=render_local_settings(cluster.task_pool),
@@ -497,6 +632,7 @@ class Airflow(pulumi.ComponentResource):
             depends_on=prerequisites + list(depends_on or []),
             # First install runs the database migration job; give it time on a cold cluster.
             timeout_seconds=1200,
+            postrender=postrender,
         )
         self.ui_service = UI_SERVICE
         self.ui_port = UI_PORT

@@ -10,6 +10,10 @@
   are watched from the triggerer), both in the Airflow namespace. Nothing is granted anywhere else.
 - A LimitRange so every task pod has requests even when the DAG author set none (the Cluster Autoscaler sizes
   task nodes from requests), and a ResourceQuota that caps the namespace at what the task pool can hold.
+- Task pods run arbitrary images, so the namespace is closed by default: NetworkPolicies deny all ingress and
+  allow egress only to kube-dns and outside the private ranges (the internet, not Airflow's database or
+  Redis, not the cluster, not the VPC), plus `airflow.taskEgressCidrs`; Pod Security Standards `baseline`
+  (airflow_on_k8s/airflow/network_policies.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pulumi_kubernetes as k8s
 
 from airflow_on_k8s.contract import KubernetesCluster
 from airflow_on_k8s.config import StackConfig
+from airflow_on_k8s.airflow.network_policies import PSS_LABELS, task_namespace_policies
 
 POD_LAUNCHER_RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
@@ -51,6 +56,8 @@ class TaskNamespaceArgs:
     launchers: tuple[ServiceAccountRef, ...]
     task_pool_max_nodes: int
     labels: dict[str, str] = field(default_factory=dict)
+    # Private ranges task pods may reach besides the internet (airflow.taskEgressCidrs).
+    egress_cidrs: tuple[str, ...] = ()
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> TaskNamespaceArgs:
@@ -60,6 +67,7 @@ class TaskNamespaceArgs:
             name=config.airflow.task_namespace,
             launchers=tuple(ServiceAccountRef(config.airflow.namespace, sa) for sa in POD_LAUNCHER_SERVICE_ACCOUNTS),
             task_pool_max_nodes=config.task_pool.max_size,
+            egress_cidrs=tuple(config.airflow.task_egress_cidrs),
         )
 
     def quota(self) -> dict[str, str]:
@@ -88,7 +96,7 @@ class TaskNamespace(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, provider=cluster.provider)
         labels = {"app.kubernetes.io/part-of": "airflow", "app.kubernetes.io/component": "tasks", **args.labels}
         namespace = k8s.core.v1.Namespace(
-            name, metadata=k8s.meta.v1.ObjectMetaArgs(name=args.name, labels=labels), opts=child
+            name, metadata=k8s.meta.v1.ObjectMetaArgs(name=args.name, labels={**labels, **PSS_LABELS}), opts=child
         )
         in_namespace = pulumi.ResourceOptions(parent=self, provider=cluster.provider, depends_on=[namespace])
         self.name = namespace.metadata.name
@@ -127,6 +135,13 @@ class TaskNamespace(pulumi.ComponentResource):
             spec=k8s.core.v1.ResourceQuotaSpecArgs(hard=args.quota()),
             opts=in_namespace,
         )
+        for policy in task_namespace_policies(args.name, args.egress_cidrs, labels):
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-{policy['metadata']['name']}",
+                metadata=policy["metadata"],
+                spec=policy["spec"],
+                opts=in_namespace,
+            )
         self.register_outputs({"name": self.name, "roleName": self.role_name})
 
 

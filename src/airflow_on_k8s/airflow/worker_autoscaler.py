@@ -5,7 +5,7 @@ How it runs, and why:
   imports (a test checks), so no image is built or pushed. The package's source ships in a ConfigMap, read
   from this repository at `pulumi up` time and mounted as a package directory on PYTHONPATH; a checksum of it
   on the pod template rolls the pods when the code changes.
-- Settings are the autoscaler's own flags (airflow_on_k8s.autoscaler/settings.py): the policy from `scaling.*` and
+- Settings are the autoscaler's own flags (airflow_on_k8s/autoscaler/settings.py): the policy from `scaling.*` and
   `airflow.workerConcurrency`, the target from the Airflow component (the chart's worker Deployment and its
   pod labels). The database and broker URLs come from the Secrets the Airflow component writes, through
   `secretKeyRef` only.
@@ -16,8 +16,8 @@ How it runs, and why:
   and load the API server; this one asks for 50m CPU and a standby makes no other API call.
 - On the system pool (it is not a task): no task-pool toleration, and a node affinity that rules the task
   pool out even where a node carries its label without the taint.
-- Non-root (the image's uid 50000), read-only root filesystem (PYTHONDONTWRITEBYTECODE=1, /tmp on an emptyDir),
-  no capabilities. A ClusterIP Service with the usual `prometheus.io/*` annotations serves /metrics; the
+- Non-root (the image's uid 50000), read-only root filesystem (PYTHONDONTWRITEBYTECODE=1, /tmp on an emptyDir
+  that the Cluster Autoscaler is told it may discard, so the replicas never pin a system node), no capabilities. A ClusterIP Service with the usual `prometheus.io/*` annotations serves /metrics; the
   probes use /healthz and /readyz on the same port.
 """
 
@@ -31,7 +31,14 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from airflow_on_k8s.airflow.component import EXECUTOR, RELEASE, WORKER_POD_LABELS, Airflow, SecretNames
+from airflow_on_k8s.airflow.component import (
+    EXECUTOR,
+    RELEASE,
+    WORKER_AUTOSCALER_POD_LABELS,
+    WORKER_POD_LABELS,
+    Airflow,
+    SecretNames,
+)
 from airflow_on_k8s.contract import KubernetesCluster
 from airflow_on_k8s.config import StackConfig
 from airflow_on_k8s.versions import AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG
@@ -51,8 +58,14 @@ AIRFLOW_UID = 50000  # the Airflow image's `airflow` user
 # A ConfigMap holds at most 1 MiB; stop well before that rather than fail at apply time.
 MAX_SOURCE_BYTES = 512 * 1024
 
-POD_LABELS = {"app.kubernetes.io/name": "worker-autoscaler", "app.kubernetes.io/part-of": RELEASE}
+# The Airflow namespace's NetworkPolicies admit pods with these labels to Redis and the metadata database.
+POD_LABELS = WORKER_AUTOSCALER_POD_LABELS
 CHECKSUM_ANNOTATION = "checksum/worker-autoscaler-source"
+# The Cluster Autoscaler keeps any node whose pods have an emptyDir it was not told it may discard
+# (cluster-autoscaler-1.34.1 FAQ.md "What types of pods can prevent CA from removing a node?";
+# utils/drain/drain.go HasBlockingLocalStorage): without this the two replicas pin two system nodes for good.
+LOCAL_VOLUMES_ANNOTATION = "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
+SCRATCH_VOLUME = "tmp"
 # Measured: the package with its imports (kubernetes, celery, SQLAlchemy, pydantic) holds about 105 MiB.
 RESOURCES = {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}}
 
@@ -103,7 +116,7 @@ def worker_label_selector(labels: dict[str, str] = WORKER_POD_LABELS) -> str:
 
 
 def role_rules(deployment: str, lease: str) -> list[dict[str, list[str]]]:
-    """What airflow_on_k8s.autoscaler/actuators/kubernetes.py calls, and nothing more."""
+    """What airflow_on_k8s/autoscaler/actuators/kubernetes.py calls, and nothing more."""
     return [
         # Read and change the worker count through the scale subresource only (not the Deployment itself).
         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "resourceNames": [deployment], "verbs": ["get", "patch"]},
@@ -218,7 +231,7 @@ class WorkerAutoscaler(pulumi.ComponentResource):
             },
             "volumeMounts": [
                 {"name": "source", "mountPath": SOURCE_ROOT, "readOnly": True},
-                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": SCRATCH_VOLUME, "mountPath": "/tmp"},
             ],
         }
         task_pool = cluster.task_pool
@@ -266,7 +279,7 @@ class WorkerAutoscaler(pulumi.ComponentResource):
                     "name": "source",
                     "configMap": {"name": SOURCE_CONFIGMAP, "items": source_volume_items(files), "defaultMode": 0o444},
                 },
-                {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
             ],
         }
         deployment = k8s.apps.v1.Deployment(
@@ -276,7 +289,14 @@ class WorkerAutoscaler(pulumi.ComponentResource):
                 "replicas": args.replicas,
                 "selector": {"matchLabels": POD_LABELS},
                 "template": {
-                    "metadata": {"labels": POD_LABELS, "annotations": {CHECKSUM_ANNOTATION: source_checksum(files)}},
+                    "metadata": {
+                        "labels": POD_LABELS,
+                        "annotations": {
+                            CHECKSUM_ANNOTATION: source_checksum(files),
+                            # /tmp is scratch space: losing it with the pod is fine.
+                            LOCAL_VOLUMES_ANNOTATION: SCRATCH_VOLUME,
+                        },
+                    },
                     "spec": pod_spec,
                 },
             },
