@@ -372,6 +372,7 @@ def test_migration_and_user_jobs_are_plain_jobs_not_post_install_hooks(run):
     for job in ("migrateDatabaseJob", "createUserJob"):
         assert v[job]["useHelmHooks"] is False, job
         assert v[job]["applyCustomEnv"] is False, job
+        assert v[job]["ttlSecondsAfterFinished"] == 300, job  # recreated, not patched, by the next upgrade
     assert run.one(RELEASE, "airflow").inputs["atomic"] is True
 
 

@@ -47,6 +47,8 @@ KUBE_APISERVER = BIN_DIR / "kubernetes-v1.34.4" / "kube-apiserver"
 
 
 def etcd_binary() -> Path | None:
+    if os.environ.get("ETCD"):
+        return Path(os.environ["ETCD"])
     found = sorted(BIN_DIR.glob("etcd-*/etcd"))
     return found[-1] if found else None
 
@@ -307,12 +309,13 @@ def api_server():
             stdout=subprocess.DEVNULL, stderr=open(work / "apiserver.log", "w"),
         )
     )
+    wait_for(lambda: (work / "certs" / "apiserver.crt").is_file(), 60, "kube-apiserver wrote no serving certificate")
     kubeconfig = work / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "v1", "kind": "Config", "current-context": "proof",
-                "clusters": [{"name": "proof", "cluster": {"server": f"https://127.0.0.1:{api_port}", "insecure-skip-tls-verify": True}}],
+                "clusters": [{"name": "proof", "cluster": {"server": f"https://127.0.0.1:{api_port}", "certificate-authority": str(work / "certs" / "apiserver.crt")}}],
                 "users": [{"name": "admin", "user": {"token": token}}],
                 "contexts": [{"name": "proof", "context": {"cluster": "proof", "user": "admin", "namespace": "default"}}],
             }

@@ -419,7 +419,9 @@ def chart_values(
 # chart/docs/index.rst, "Installing the Helm Chart with Argo CD, Flux, Rancher or Terraform": with these
 # off the jobs are ordinary release objects that start with everything else; `applyCustomEnv: false` keeps
 # the release-wide `env` (connections for tasks) out of them.
-NO_HOOKS = {"useHelmHooks": False, "applyCustomEnv": False}
+# `ttlSecondsAfterFinished`: a finished Job is deleted, so the next upgrade creates it afresh (and migrates a
+# new Airflow version) instead of patching a Job whose pod template is immutable.
+NO_HOOKS = {"useHelmHooks": False, "applyCustomEnv": False, "ttlSecondsAfterFinished": 300}
 
 
 def ui_service_values(args: AirflowArgs) -> dict[str, Any]:
