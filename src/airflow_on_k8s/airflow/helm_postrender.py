@@ -150,7 +150,7 @@ def write_command(path: Path, targets: Sequence[tuple[str, str]], python: str = 
     (not this program's virtualenv), so the command names the interpreter running this program: it has
     PyYAML. The file is rewritten on every run, so a moved virtualenv or another machine just works.
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the folder holding the airflow_on_k8s package
     args = " ".join(shlex.quote(f"--drop-replicas={kind}/{name}") for kind, name in targets)
     text = (
         "#!/bin/sh\n"
