@@ -175,9 +175,8 @@ class AwsConfig(_Model):
     @classmethod
     def _retention(cls, v: int | None) -> int | None:
         if v is not None and v not in CLOUDWATCH_RETENTION_DAYS:
-            raise ValueError(
-                f"{v} is not a retention CloudWatch Logs accepts; use one of {', '.join(map(str, CLOUDWATCH_RETENTION_DAYS))}"
-            )
+            accepted = ", ".join(map(str, CLOUDWATCH_RETENTION_DAYS))
+            raise ValueError(f"{v} is not a retention CloudWatch Logs accepts; use one of {accepted}")
         return v
 
     def log_types(self, protect: bool) -> list[str]:

@@ -101,7 +101,7 @@ def plan_subnets(vpc_cidr: str, az_count: int) -> list[SubnetPlan]:
 
 def usable_zones(names: list[str], zone_ids: list[str]) -> list[str]:
     """The AZ names (sorted) whose zone IDs EKS accepts for control-plane subnets."""
-    return sorted(name for name, zone_id in zip(names, zone_ids, strict=True) if zone_id not in EKS_UNSUPPORTED_ZONE_IDS)
+    return sorted(name for name, zone in zip(names, zone_ids, strict=True) if zone not in EKS_UNSUPPORTED_ZONE_IDS)
 
 
 def pick_zone(names: list[str], index: int, wanted: int, region: str) -> str:
@@ -128,7 +128,9 @@ def _networks(key: str, cidrs: list[str], problems: list[str]) -> list[tuple[int
         try:
             nets.append((i, ipaddress.IPv4Network(cidr, strict=True)))
         except ValueError as e:
-            problems.append(f"{PROJECT}:{key}[{i}]: {cidr!r} is not an IPv4 CIDR block ({e}); write it like 203.0.113.0/24")
+            problems.append(
+                f"{PROJECT}:{key}[{i}]: {cidr!r} is not an IPv4 CIDR block ({e}); write it like 203.0.113.0/24"
+            )
     return nets
 
 
@@ -176,7 +178,8 @@ def api_access_problems(public_endpoint: bool, public_cidrs: list[str], private_
 
 def documentation_cidrs(cidrs: list[str]) -> list[str]:
     """The CIDRs inside the RFC 5737 documentation blocks: placeholders nobody deploys from."""
-    return [c for c in cidrs if any(ipaddress.IPv4Network(c, strict=False).subnet_of(d) for d in DOCUMENTATION_NETWORKS)]
+    nets = [(c, ipaddress.IPv4Network(c, strict=False)) for c in cidrs]
+    return [c for c, net in nets if any(net.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS)]
 
 
 def standard_support_warning(minor: str, support_type: str, today: date) -> str | None:
