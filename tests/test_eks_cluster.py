@@ -748,11 +748,16 @@ def test_every_name_fits_with_the_longest_cluster_name_the_config_allows(tmp_pat
 
 
 @settings(max_examples=200, deadline=None)
-@given(name=st.from_regex(r"\A[a-z]([-a-z0-9]{0,28}[a-z0-9])?\Z"), suffix=st.sampled_from(["-airflow-logs-", "-airflow-"]))
-def test_derived_names_always_fit_and_keep_the_names_that_already_did(name, suffix):
-    derived = derived_name(name, suffix, 37)
-    assert len(derived) <= 37 and "--" not in derived and derived.endswith(suffix) and derived[0] == name[0]
-    if len(name + suffix) <= 37 and "--" not in name:
+@given(
+    name=st.from_regex(r"\A[a-z]([-a-z0-9]{0,28}[a-z0-9])?\Z"),
+    suffix=st.sampled_from(["-airflow-logs-", "-airflow-"]),
+    single_hyphens=st.booleans(),
+)
+def test_derived_names_always_fit_and_keep_the_names_that_already_did(name, suffix, single_hyphens):
+    derived = derived_name(name, suffix, 37, single_hyphens)
+    assert len(derived) <= 37 and derived.endswith(suffix) and derived[0] == name[0]
+    assert "--" not in derived or not single_hyphens
+    if len(name + suffix) <= 37 and not (single_hyphens and "--" in name):
         assert derived == name + suffix  # the names of existing stacks never change
 
 

@@ -21,18 +21,21 @@ RDS_IDENTIFIER_PREFIX_MAX = 37
 _HASH_LENGTH = 6
 
 
-def derived_name(cluster_name: str, suffix: str, limit: int) -> str:
-    """`cluster_name + suffix` within `limit` characters, with runs of hyphens collapsed.
+def derived_name(cluster_name: str, suffix: str, limit: int, single_hyphens: bool = False) -> str:
+    """`cluster_name + suffix` within `limit` characters.
 
-    RDS rejects two consecutive hyphens and S3 a name starting with `xn--`, both of which a valid cluster
-    name such as `a--b` would otherwise produce.
+    `single_hyphens` collapses runs of hyphens, for names that may not contain two in a row (RDS identifiers),
+    which a valid cluster name such as `a--b` would otherwise produce.
     """
-    name = re.sub(r"-{2,}", "-", cluster_name + suffix)
+
+    def tidy(name: str) -> str:
+        return re.sub(r"-{2,}", "-", name) if single_hyphens else name
+
+    name = tidy(cluster_name + suffix)
     if len(name) <= limit:
         return name
     digest = hashlib.sha256(cluster_name.encode()).hexdigest()[:_HASH_LENGTH]
     room = limit - len(suffix) - len(digest) - 1
     if room < 1:
         raise ValueError(f"suffix {suffix!r} leaves no room for the cluster name within {limit} characters")
-    head = cluster_name[:room].rstrip("-")
-    return re.sub(r"-{2,}", "-", f"{head}-{digest}{suffix}")
+    return tidy(f"{cluster_name[:room].rstrip('-')}-{digest}{suffix}")

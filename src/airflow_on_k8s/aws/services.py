@@ -123,7 +123,7 @@ class AwsServices(CloudServices):
         ).result
         instance = aws.rds.Instance(
             name,
-            identifier_prefix=derived_name(a.cluster_name, "-airflow-", RDS_IDENTIFIER_PREFIX_MAX),
+            identifier_prefix=derived_name(a.cluster_name, "-airflow-", RDS_IDENTIFIER_PREFIX_MAX, single_hyphens=True),
             engine="postgres",
             engine_version=POSTGRES_ENGINE_VERSION,
             instance_class=DB_INSTANCE_CLASSES[a.protect],
@@ -141,7 +141,9 @@ class AwsServices(CloudServices):
             backup_retention_period=7 if a.protect else 1,
             deletion_protection=a.protect,
             skip_final_snapshot=not a.protect,
-            final_snapshot_identifier=derived_name(a.cluster_name, "-airflow-final", 255) if a.protect else None,
+            final_snapshot_identifier=(
+                derived_name(a.cluster_name, "-airflow-final", 255, single_hyphens=True) if a.protect else None
+            ),
             auto_minor_version_upgrade=True,
             opts=self._opts(parent, protect=a.protect),
         )
