@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from airflow_on_k8s.config import PROJECT, ConfigError, parse_stack_config
-from airflow_on_k8s.versions import AIRFLOW_VERSION, SUPPORTED_KUBERNETES_VERSIONS
+from airflow_on_k8s.versions import (
+    AIRFLOW_VERSION,
+    COMPONENT_KUBERNETES_SUPPORT,
+    DEFAULT_KUBERNETES_VERSION,
+    EKS_STANDARD_SUPPORT_ENDS,
+    KEDA_CHART,
+    SUPPORTED_KUBERNETES_VERSIONS,
+)
 from airflow_on_k8s.testing.mock_runtime import available_stacks, read_stack_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,6 +158,16 @@ BAD_INPUTS = [
         with_(AWS_OK, airflow__taskNamespace="airflow"), "airflow.taskNamespace", "own namespace", id="same-namespaces"
     ),
     pytest.param(with_(AWS_OK, taskPool__maxSize="lots"), "taskPool.maxSize", "integer", id="not-a-number"),
+    pytest.param(with_(AWS_OK, aws__supportType="FOREVER"), "aws.supportType", "'STANDARD' or 'EXTENDED'", id="support-type"),
+    pytest.param(
+        with_(AWS_OK, aws__controlPlaneLogRetentionDays=10), "aws.controlPlaneLogRetentionDays", "7, 14, 30",
+        id="log-retention-cloudwatch-refuses",
+    ),
+    pytest.param(
+        with_(AWS_OK, aws__controlPlaneLogTypes=["audit", "kubelet"]), "aws.controlPlaneLogTypes", "choose from",
+        id="unknown-log-type",
+    ),
+    pytest.param(with_(AWS_OK, kubernetesVersion="1.33"), "kubernetesVersion", "1.34, 1.35", id="eks-minor-past-standard-support"),
 ]
 
 
@@ -192,3 +209,28 @@ def test_requirements_pin_the_airflow_version_the_image_runs():
     pinned = re.search(r"^apache-airflow\[[^\]]*\]==([\d.]+)$", text, re.M)
     assert pinned, "requirements-dev.txt must pin apache-airflow"
     assert pinned.group(1) == AIRFLOW_VERSION
+
+
+def test_every_pinned_component_supports_every_kubernetes_minor_the_config_allows():
+    unsupported = [
+        f"{component} on {cloud} {minor} ({support.source})"
+        for component, support in COMPONENT_KUBERNETES_SUPPORT.items()
+        for cloud in support.clouds
+        for minor in SUPPORTED_KUBERNETES_VERSIONS[cloud]
+        if not support.supports(minor)
+    ]
+    assert unsupported == []
+    assert DEFAULT_KUBERNETES_VERSION in SUPPORTED_KUBERNETES_VERSIONS["aws"]
+
+
+def test_the_keda_range_is_the_one_documented_for_the_pinned_keda_minor():
+    # Bumping KEDA_CHART without re-reading KEDA's compatibility table fails here.
+    (keda,) = [support for name, support in COMPONENT_KUBERNETES_SUPPORT.items() if name.startswith("KEDA ")]
+    minor = ".".join(KEDA_CHART.version.split(".")[:2])
+    assert f"docs/{minor}/" in keda.source and f"v{minor} |" in keda.source
+
+
+def test_a_new_eks_cluster_starts_well_inside_standard_support():
+    # A cluster created on a minor about to leave standard support is upgraded by EKS behind Pulumi's back.
+    newest = max(EKS_STANDARD_SUPPORT_ENDS, key=lambda m: tuple(map(int, m.split("."))))
+    assert DEFAULT_KUBERNETES_VERSION == newest

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import textwrap
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,12 +21,23 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig, parse_stack_config
-from airflow_on_k8s.aws.cluster import EksClusterArgs, plan_subnets, task_pool_asg_tags
+import airflow_on_k8s.aws.cluster as eks_cluster_module
+from airflow_on_k8s.config import CONTROL_PLANE_LOG_TYPES, PROJECT, ConfigError, StackConfig, parse_stack_config
+from airflow_on_k8s.aws.cluster import (
+    EksClusterArgs,
+    documentation_cidrs,
+    plan_subnets,
+    s3_gateway_service,
+    standard_support_warning,
+    task_pool_asg_tags,
+    usable_zones,
+)
+from airflow_on_k8s.aws.names import derived_name
 from airflow_on_k8s.task_pool import TASK_POOL
 from airflow_on_k8s.versions import (
     CLUSTER_AUTOSCALER_CHART,
     CLUSTER_AUTOSCALER_IMAGE_TAGS,
+    EKS_STANDARD_SUPPORT_ENDS,
     SUPPORTED_KUBERNETES_VERSIONS,
 )
 from tests.conftest import program_run
@@ -35,6 +48,11 @@ NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 ROLE = "aws:iam/role:Role"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 KMS_KEY = "aws:kms/key:Key"
+ADDON = "aws:eks/addon:Addon"
+
+# The smallest aws section the program accepts: a region and who may reach the API.
+DEPLOYER = "198.18.0.10/32"
+AWS_SECTION = {"region": "eu-west-1", "publicAccessCidrs": [DEPLOYER]}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -236,10 +254,10 @@ def test_cluster_uses_access_entries_kms_and_logs(aws_run):
     assert key.inputs["enableKeyRotation"] is True
     assert inputs["encryptionConfig"]["resources"] == ["secrets"]
     assert inputs["encryptionConfig"]["provider"]["keyArn"] == fake_outputs(key.type, key.name, key.inputs)["arn"]
-    assert inputs["enabledClusterLogTypes"] == config.aws.control_plane_log_types
+    assert inputs["enabledClusterLogTypes"] == config.aws.log_types(config.protect)
     log_group = aws_run.one("aws:cloudwatch/logGroup:LogGroup", "-control-plane")
     assert log_group.inputs["name"] == f"/aws/eks/{config.cluster_name}/cluster"
-    assert log_group.inputs["retentionInDays"] > 0
+    assert log_group.inputs["retentionInDays"] == config.aws.log_retention_days(config.protect)
     assert log_group.name in cluster.options["dependsOn"]  # created first, so EKS does not create it unbounded
     assert inputs["kubernetesNetworkConfig"]["serviceIpv4Cidr"] == config.aws.service_cidr
     vpc_config = inputs["vpcConfig"]
@@ -266,13 +284,9 @@ def test_prod_is_protected_and_dev_is_not():
     assert dev.one(CLUSTER).inputs["deletionProtection"] is False
 
 
-def test_prod_api_endpoint_is_private_only():
-    assert program_run("aws-prod").one(CLUSTER).inputs["vpcConfig"]["endpointPublicAccess"] is False
-
-
 def test_admin_roles_get_cluster_admin_access_entries(tmp_path):
     admins = ["arn:aws:iam::123456789012:role/platform-admins", "arn:aws:iam::123456789012:role/oncall"]
-    aws_section = {"region": "eu-west-1", "availabilityZones": 2, "adminRoleArns": admins}
+    aws_section = {**AWS_SECTION, "availabilityZones": 2, "adminRoleArns": admins}
     stacks = write_stack(tmp_path, "aws-dev", {"aws": aws_section})
     run = run_program("aws-dev", stacks_dir=stacks)
     entries = run.by_type("aws:eks/accessEntry:AccessEntry")
@@ -477,7 +491,7 @@ def test_graviton_pools_use_the_arm_ami(tmp_path):
 
 
 def test_more_azs_than_the_region_offers_fails_naming_the_key(tmp_path):
-    stacks = write_stack(tmp_path, "aws-dev", {"aws": {"region": "eu-west-1", "availabilityZones": 4}})
+    stacks = write_stack(tmp_path, "aws-dev", {"aws": {**AWS_SECTION, "availabilityZones": 4}})
     with pytest.raises(ValueError, match=r"airflow-on-k8s:aws\.availabilityZones: 4 asked, but eu-west-1 offers only 3"):
         run_program("aws-dev", stacks_dir=stacks)
 
@@ -582,3 +596,257 @@ def test_cluster_exposes_network_attributes_for_later_components(bound_run):
     cluster = bound_run.one(CLUSTER)
     faked = fake_outputs(CLUSTER, cluster.name, cluster.inputs)
     assert outputs["clusterSecurityGroupId"] == faked["vpcConfig"]["clusterSecurityGroupId"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Storage: the EBS CSI driver and an encrypted gp3 default StorageClass (issue 8, item 2)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_ebs_csi_driver_acts_through_its_own_role_with_only_the_managed_policy(aws_run):
+    addon = next(a for a in aws_run.by_type(ADDON) if a.inputs["addonName"] == "aws-ebs-csi-driver")
+    role = aws_run.one(ROLE, "ebs-csi")
+    assert addon.inputs["serviceAccountRoleArn"] == fake_outputs(ROLE, role.name, role.inputs)["arn"]
+    trust = policy(role, "assumeRolePolicy")["Statement"][0]["Condition"]["StringEquals"]
+    assert "system:serviceaccount:kube-system:ebs-csi-controller-sa" in trust.values()
+    role_name = fake_outputs(ROLE, role.name, role.inputs)["name"]
+    granted = [
+        a.inputs["policyArn"]
+        for a in aws_run.by_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+        if a.inputs["role"] == role_name
+    ]
+    assert granted == ["arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicyV2"]
+    assert not [p for p in aws_run.by_type("aws:iam/rolePolicy:RolePolicy") if p.inputs["role"] == f"{role.name}-id"]
+    # Its controller is a Deployment: the add-on turns ACTIVE once the system group has a node.
+    assert system_group(aws_run).name in addon.options["dependsOn"]
+    # Nothing that may claim a volume is installed before the driver.
+    assert addon.name in aws_run.one("pulumi:providers:kubernetes", "-k8s").options["dependsOn"]
+
+
+def test_the_default_storage_class_is_encrypted_gp3_from_the_ebs_csi_driver(aws_run):
+    classes = aws_run.by_type("kubernetes:storage.k8s.io/v1:StorageClass")
+    defaults = [c for c in classes if c.inputs["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"]
+    assert len(defaults) == len(classes) == 1
+    (default,) = defaults
+    assert default.inputs["provisioner"] == "ebs.csi.aws.com"
+    assert default.inputs["parameters"] == {"type": "gp3", "encrypted": "true"}
+    assert default.inputs["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert default.options["provider"] == aws_run.one("pulumi:providers:kubernetes", "-k8s").name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Who reaches the API (items 4 and 6)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_both_stacks_reach_the_api_on_the_first_up_through_a_restricted_public_endpoint(aws_run):
+    config = stack_config(aws_run.stack)
+    vpc_config = aws_run.one(CLUSTER).inputs["vpcConfig"]
+    assert vpc_config["endpointPrivateAccess"] is True
+    assert vpc_config["endpointPublicAccess"] is True
+    assert vpc_config["publicAccessCidrs"] == config.aws.public_access_cidrs
+    assert "0.0.0.0/0" not in vpc_config["publicAccessCidrs"]
+
+
+def test_a_fully_private_api_admits_the_deploying_network_on_443(tmp_path):
+    section = {"region": "eu-west-1", "publicEndpoint": False, "privateAccessCidrs": ["10.8.0.0/16", "192.168.4.0/24"]}
+    run = run_program("aws-prod", stacks_dir=write_stack(tmp_path, "aws-prod", {"aws": section}))
+    cluster = run.one(CLUSTER)
+    assert cluster.inputs["vpcConfig"]["endpointPublicAccess"] is False
+    assert "publicAccessCidrs" not in cluster.inputs["vpcConfig"]
+    cluster_sg = fake_outputs(CLUSTER, cluster.name, cluster.inputs)["vpcConfig"]["clusterSecurityGroupId"]
+    rules = run.by_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    assert sorted(r.inputs["cidrIpv4"] for r in rules) == sorted(section["privateAccessCidrs"])
+    for rule in rules:
+        assert rule.inputs["securityGroupId"] == cluster_sg
+        assert (rule.inputs["ipProtocol"], rule.inputs["fromPort"], rule.inputs["toPort"]) == ("tcp", 443, 443)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "fix"),
+    [
+        pytest.param({}, "aws.publicAccessCidrs", "curl -s https://checkip.amazonaws.com", id="no-open-default"),
+        pytest.param({"publicAccessCidrs": ["10.0.0.0/8"]}, "aws.publicAccessCidrs[0]", "egress", id="private-range-on-public"),
+        pytest.param({"publicEndpoint": False}, "aws.privateAccessCidrs", "runner or VPN", id="private-without-a-way-in"),
+        pytest.param(
+            {"publicEndpoint": False, "publicAccessCidrs": [DEPLOYER], "privateAccessCidrs": ["10.8.0.0/16"]},
+            "aws.publicAccessCidrs", "would be ignored", id="public-cidrs-without-public-endpoint",
+        ),
+        pytest.param(
+            {"publicAccessCidrs": [DEPLOYER], "privateAccessCidrs": ["8.8.8.0/24"]},
+            "aws.privateAccessCidrs[0]", "public range", id="public-range-on-private",
+        ),
+        pytest.param({"publicAccessCidrs": ["203.0.113.300/32"]}, "aws.publicAccessCidrs[0]", "IPv4 CIDR", id="malformed"),
+    ],
+)
+def test_api_access_that_nobody_could_use_is_rejected(section, key, fix):
+    raw = {"cloud": "aws", "aws": {"region": "eu-west-1", **section}}
+    with pytest.raises(ConfigError) as err:
+        EksClusterArgs.from_stack(parse_stack_config(raw))
+    matching = [p for p in err.value.problems if p.startswith(f"{PROJECT}:{key}: ")]
+    assert matching and any(fix in p for p in matching), err.value.problems
+
+
+def test_the_documentation_placeholder_warns_in_preview_and_stops_pulumi_up(monkeypatch):
+    assert documentation_cidrs(stack_config("aws-dev").aws.public_access_cidrs) == ["203.0.113.10/32"]
+    program_run("aws-dev")  # a preview goes through, with a warning
+    monkeypatch.setattr(eks_cluster_module, "_deploying", lambda: True)
+    with pytest.raises(ConfigError, match=r"airflow-on-k8s:aws\.publicAccessCidrs: 203\.0\.113\.10/32 is a documentation"):
+        run_program("aws-dev")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Names AWS accepts for the longest cluster name the config allows (item 5)
+# ---------------------------------------------------------------------------------------------------------
+
+LONGEST_CLUSTER_NAME = "data-platform-airflow-prod-eu1"
+
+# (type, input) -> the most characters AWS (or the provider) accepts.
+NAME_LIMITS = {
+    ("aws:s3/bucket:Bucket", "bucketPrefix"): 37,  # pulumi_aws s3/bucket.py: "less than or equal to 37 characters"
+    ("aws:rds/instance:Instance", "identifierPrefix"): 37,  # 63 minus the provider's 26-character unique suffix
+    ("aws:rds/instance:Instance", "finalSnapshotIdentifier"): 255,
+    ("aws:rds/subnetGroup:SubnetGroup", "name"): 255,
+    ("aws:eks/cluster:Cluster", "name"): 100,
+    ("aws:cloudwatch/logGroup:LogGroup", "name"): 512,
+}
+# Types Pulumi auto-names (logical name + "-" + 7 random characters) when the program sets no name.
+AUTONAME_LIMITS = {
+    ROLE: 64,
+    "aws:iam/rolePolicy:RolePolicy": 128,
+    NODE_GROUP: 63,
+    "aws:ec2/launchTemplate:LaunchTemplate": 128,
+    "aws:ec2/securityGroup:SecurityGroup": 255,
+}
+# RDS identifiers: lowercase letters, digits and single hyphens, starting with a letter (terraform-provider-aws
+# internal/service/rds validate.go, validIdentifier / validIdentifierPrefix).
+RDS_IDENTIFIER = re.compile(r"^[a-z](?!.*--)[a-z0-9-]*$")
+
+
+def test_every_name_fits_with_the_longest_cluster_name_the_config_allows(tmp_path):
+    assert parse_stack_config({"cloud": "aws", "aws": AWS_SECTION, "clusterName": LONGEST_CLUSTER_NAME})
+    with pytest.raises(ConfigError):
+        parse_stack_config({"cloud": "aws", "aws": AWS_SECTION, "clusterName": LONGEST_CLUSTER_NAME + "x"})
+    run = run_program("aws-prod", stacks_dir=write_stack(tmp_path, "aws-prod", {"clusterName": LONGEST_CLUSTER_NAME}))
+    checked = 0
+    for resource in run.resources:
+        for (type_, key), limit in NAME_LIMITS.items():
+            if resource.type == type_ and key in resource.inputs:
+                value = resource.inputs[key]
+                assert len(value) <= limit, f"{type_} {key} {value!r} is {len(value)} > {limit}"
+                checked += 1
+        if resource.type in AUTONAME_LIMITS and "name" not in resource.inputs:
+            assert len(resource.name) + 8 <= AUTONAME_LIMITS[resource.type], (resource.type, resource.name)
+            checked += 1
+        for key in ("identifierPrefix", "finalSnapshotIdentifier"):
+            if resource.type == "aws:rds/instance:Instance" and resource.inputs.get(key):
+                assert RDS_IDENTIFIER.match(resource.inputs[key]), resource.inputs[key]
+        for tag_key, tag_value in (resource.inputs.get("tags") or {}).items():
+            assert len(tag_key) <= 128 and len(str(tag_value)) <= 256, (resource.name, tag_key)
+    assert checked >= 20
+    assert LONGEST_CLUSTER_NAME in run.one("aws:eks/cluster:Cluster").inputs["name"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.from_regex(r"\A[a-z]([-a-z0-9]{0,28}[a-z0-9])?\Z"),
+    suffix=st.sampled_from(["-airflow-logs-", "-airflow-"]),
+    single_hyphens=st.booleans(),
+)
+def test_derived_names_always_fit_and_keep_the_names_that_already_did(name, suffix, single_hyphens):
+    derived = derived_name(name, suffix, 37, single_hyphens)
+    assert len(derived) <= 37 and derived.endswith(suffix) and derived[0] == name[0]
+    assert "--" not in derived or not single_hyphens
+    if len(name + suffix) <= 37 and not (single_hyphens and "--" in name):
+        assert derived == name + suffix  # the names of existing stacks never change
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Network policy, support policy, logs, S3 endpoint, node tags, zones (items 11-14, 17, 18)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def cni_configuration(run: ProgramRun) -> dict[str, Any]:
+    addon = next(a for a in run.by_type(ADDON) if a.inputs["addonName"] == "vpc-cni")
+    return json.loads(addon.inputs["configurationValues"])
+
+
+def test_the_vpc_cni_enforces_network_policies_unless_turned_off(aws_run, tmp_path):
+    assert cni_configuration(aws_run) == {"enableNetworkPolicy": "true"}
+    stacks = write_stack(tmp_path, "aws-dev", {"aws": {**AWS_SECTION, "networkPolicy": False}})
+    assert cni_configuration(run_program("aws-dev", stacks_dir=stacks)) == {"enableNetworkPolicy": "false"}
+
+
+def test_clusters_stay_on_standard_support_unless_extended_is_asked_for(aws_run, tmp_path):
+    assert aws_run.one(CLUSTER).inputs["upgradePolicy"] == {"supportType": "STANDARD"}
+    stacks = write_stack(tmp_path, "aws-dev", {"aws": {**AWS_SECTION, "supportType": "EXTENDED"}})
+    assert run_program("aws-dev", stacks_dir=stacks).one(CLUSTER).inputs["upgradePolicy"] == {"supportType": "EXTENDED"}
+
+
+def test_eks_minors_and_their_end_of_standard_support_come_from_one_table(monkeypatch):
+    assert SUPPORTED_KUBERNETES_VERSIONS["aws"] == tuple(EKS_STANDARD_SUPPORT_ENDS)
+    assert all(isinstance(ends, date) for ends in EKS_STANDARD_SUPPORT_ENDS.values())
+    # 1.33 left standard support on 2026-07-29: no longer offered.
+    for gone in ("1.32", "1.33"):
+        with pytest.raises(ConfigError, match="kubernetesVersion"):
+            parse_stack_config({"cloud": "aws", "aws": AWS_SECTION, "kubernetesVersion": gone})
+    config = parse_stack_config({"cloud": "aws", "aws": AWS_SECTION, "kubernetesVersion": "1.34"})
+    EksClusterArgs.from_stack(config)
+    monkeypatch.delitem(EKS_STANDARD_SUPPORT_ENDS, "1.34")
+    with pytest.raises(ConfigError, match=r"airflow-on-k8s:kubernetesVersion: '1\.34' is not in EKS standard support"):
+        EksClusterArgs.from_stack(config)
+
+
+def test_a_minor_near_the_end_of_standard_support_is_announced():
+    ends = EKS_STANDARD_SUPPORT_ENDS["1.34"]
+    assert standard_support_warning("1.34", "STANDARD", ends - timedelta(days=61)) is None
+    soon = standard_support_warning("1.34", "STANDARD", ends - timedelta(days=10))
+    assert soon and "kubernetesVersion" in soon and "leaves" in soon and "upgrades the cluster" in soon
+    past = standard_support_warning("1.34", "EXTENDED", ends + timedelta(days=1))
+    assert past and "left" in past and "$0.60" in past
+
+
+def test_dev_ships_two_log_types_for_a_week_and_prod_all_for_a_quarter():
+    dev, prod = program_run("aws-dev"), program_run("aws-prod")
+    assert dev.one(CLUSTER).inputs["enabledClusterLogTypes"] == ["audit", "authenticator"]
+    assert dev.one("aws:cloudwatch/logGroup:LogGroup").inputs["retentionInDays"] == 7
+    assert sorted(prod.one(CLUSTER).inputs["enabledClusterLogTypes"]) == sorted(CONTROL_PLANE_LOG_TYPES)
+    assert prod.one("aws:cloudwatch/logGroup:LogGroup").inputs["retentionInDays"] == 90
+
+
+def test_explicit_log_settings_win_and_bad_retention_is_rejected(tmp_path):
+    section = {**AWS_SECTION, "controlPlaneLogTypes": ["api"], "controlPlaneLogRetentionDays": 30}
+    run = run_program("aws-dev", stacks_dir=write_stack(tmp_path, "aws-dev", {"aws": section}))
+    assert run.one(CLUSTER).inputs["enabledClusterLogTypes"] == ["api"]
+    assert run.one("aws:cloudwatch/logGroup:LogGroup").inputs["retentionInDays"] == 30
+    with pytest.raises(ConfigError, match=r"airflow-on-k8s:aws\.controlPlaneLogRetentionDays: 10 is not a retention"):
+        parse_stack_config({"cloud": "aws", "aws": {**AWS_SECTION, "controlPlaneLogRetentionDays": 10}})
+
+
+def test_private_subnets_reach_s3_through_a_free_gateway_endpoint(aws_run):
+    endpoint = aws_run.one("aws:ec2/vpcEndpoint:VpcEndpoint")
+    assert endpoint.inputs["vpcEndpointType"] == "Gateway"
+    assert endpoint.inputs["serviceName"] == f"com.amazonaws.{stack_config(aws_run.stack).aws.region}.s3"
+    assert endpoint.inputs["vpcId"] == aws_run.one("aws:ec2/vpc:Vpc").name + "-id"
+    private_tables = [t for t in aws_run.by_type("aws:ec2/routeTable:RouteTable") if "-private-" in t.name]
+    assert sorted(endpoint.inputs["routeTableIds"]) == sorted(f"{t.name}-id" for t in private_tables)
+    assert s3_gateway_service("cn-north-1") == "cn.com.amazonaws.cn-north-1.s3"
+
+
+def test_instances_volumes_and_interfaces_launched_by_node_groups_carry_the_cost_tags(tmp_path):
+    stacks = write_stack(tmp_path, "aws-dev", {"tags": {"cost-center": "data-42"}})
+    run = run_program("aws-dev", stacks_dir=stacks)
+    templates = run.by_type("aws:ec2/launchTemplate:LaunchTemplate")
+    assert len(templates) == 2
+    for template in templates:
+        specs = {s["resourceType"]: s["tags"] for s in template.inputs["tagSpecifications"]}
+        assert set(specs) == {"instance", "volume", "network-interface"}
+        for tags in specs.values():
+            assert tags["project"] == PROJECT and tags["cluster"] == "airflow-dev" and tags["cost-center"] == "data-42"
+            assert tags["Name"] == template.name
+
+
+def test_zones_eks_refuses_for_the_control_plane_are_skipped():
+    names = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]
+    ids = ["use1-az6", "use1-az3", "use1-az1", "use1-az2"]
+    assert usable_zones(names, ids) == ["us-east-1a", "us-east-1c", "us-east-1d"]

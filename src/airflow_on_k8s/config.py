@@ -113,6 +113,14 @@ class TaskPoolConfig(PoolConfig):
     """Most nodes the autoscaler may add."""
 
 
+# EKS control-plane log types (the EKS API's LogType enum).
+CONTROL_PLANE_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy's retentionInDays enum).
+CLOUDWATCH_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+)
+
+
 class AwsConfig(_Model):
     region: str
     """AWS region, e.g. eu-west-1."""
@@ -126,14 +134,27 @@ class AwsConfig(_Model):
     nat_gateway_per_az: bool = True
     """One NAT gateway per AZ (survives an AZ outage) or one shared NAT (cheaper, for dev)."""
     public_endpoint: bool = True
-    """Whether the EKS API endpoint is reachable from the internet (private access is always on)."""
-    public_access_cidrs: list[str] = ["0.0.0.0/0"]
-    """Who may reach the public API endpoint."""
+    """Whether the EKS API endpoint is reachable from the internet, from `publicAccessCidrs` only (the private
+    endpoint is always on). `false` (fully private) needs `privateAccessCidrs` and a way into the VPC: see
+    docs/clusters.md."""
+    public_access_cidrs: list[str] = []
+    """Who may reach the public API endpoint: your egress address as a /32 (`curl -s https://checkip.amazonaws.com`).
+    Required while publicEndpoint is true; there is no open default."""
+    private_access_cidrs: list[str] = []
+    """Networks admitted on 443 to the private API endpoint (cluster security group): a CI runner in the VPC, a VPN
+    or peered network. Required when publicEndpoint is false."""
     # Extra IAM principals (role ARNs) given cluster-admin through EKS access entries.
     admin_role_arns: list[str] = []
     """IAM role ARNs given cluster-admin through EKS access entries."""
-    control_plane_log_types: list[str] = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
-    """EKS control-plane logs sent to CloudWatch."""
+    control_plane_log_types: list[str] | None = None
+    """EKS control-plane logs sent to CloudWatch; unset: audit and authenticator, all five when `protect` is true."""
+    control_plane_log_retention_days: int | None = None
+    """Days CloudWatch keeps control-plane logs; unset: 7, or 90 when `protect` is true."""
+    support_type: Literal["STANDARD", "EXTENDED"] = "STANDARD"
+    """At the end of a minor's standard support EKS upgrades the cluster (STANDARD) or keeps it on extended
+    support at $0.60 instead of $0.10 per cluster hour (EXTENDED)."""
+    network_policy: bool = True
+    """Enforce Kubernetes NetworkPolicies with the VPC CNI's network policy agent."""
 
     @field_validator("region")
     @classmethod
@@ -144,12 +165,35 @@ class AwsConfig(_Model):
 
     @field_validator("control_plane_log_types")
     @classmethod
-    def _log_types(cls, v: list[str]) -> list[str]:
-        allowed = {"api", "audit", "authenticator", "controllerManager", "scheduler"}
-        bad = sorted(set(v) - allowed)
+    def _log_types(cls, v: list[str] | None) -> list[str] | None:
+        bad = sorted(set(v or []) - set(CONTROL_PLANE_LOG_TYPES))
         if bad:
-            raise ValueError(f"unknown log types {bad}; choose from {sorted(allowed)}")
+            raise ValueError(f"unknown log types {bad}; choose from {sorted(CONTROL_PLANE_LOG_TYPES)}")
         return v
+
+    @field_validator("control_plane_log_retention_days")
+    @classmethod
+    def _retention(cls, v: int | None) -> int | None:
+        if v is not None and v not in CLOUDWATCH_RETENTION_DAYS:
+            accepted = ", ".join(map(str, CLOUDWATCH_RETENTION_DAYS))
+            raise ValueError(f"{v} is not a retention CloudWatch Logs accepts; use one of {accepted}")
+        return v
+
+    def log_types(self, protect: bool) -> list[str]:
+        """The control-plane log types to ship: as set, or by the stack's kind when unset.
+
+        `api` and `audit` are the expensive streams (every request of every controller); a dev stack keeps audit
+        (who did what) and authenticator (why an IAM principal was refused).
+        """
+        if self.control_plane_log_types is not None:
+            return list(self.control_plane_log_types)
+        return list(CONTROL_PLANE_LOG_TYPES) if protect else ["audit", "authenticator"]
+
+    def log_retention_days(self, protect: bool) -> int:
+        """Retention of control-plane logs: as set, or a quarter for protected stacks and a week otherwise."""
+        if self.control_plane_log_retention_days is not None:
+            return self.control_plane_log_retention_days
+        return 90 if protect else 7
 
 
 # How to find the public address your requests leave from: a public API endpoint sees that address.
@@ -638,7 +682,7 @@ def _format_errors(err: ValidationError) -> list[str]:
         elif e["type"] == "missing":
             msg = "is required; set it in the stack file"
         elif e["type"] == "literal_error":
-            msg = f"{e['input']!r} is not allowed; {e['msg'].lower()}"
+            msg = f"{e['input']!r} is not allowed; {e['msg'][:1].lower()}{e['msg'][1:]}"  # keep the values' case
         for line in msg.split("\n"):
             # Model-level messages start with the key they are about ("taskPool.minSize: ..."), relative to loc.
             m = re.match(r"^([a-zA-Z.]+): (.*)$", line)

@@ -6,11 +6,15 @@ Resources (all children of the component, all through one explicit `aws.Provider
   internet gateway, NAT gateways (one per AZ, or one shared) and route tables. Subnets carry the tags the
   AWS load balancer integrations look for.
 - The cluster: access entries only (authentication mode API, no aws-auth ConfigMap), Secrets encrypted
-  with a KMS key that rotates, control-plane logs in a log group with retention, private endpoint always
-  on, public endpoint per `aws.publicEndpoint`.
+  with a KMS key that rotates, control-plane logs in a log group with retention, the upgrade policy
+  (`aws.supportType`), private endpoint always on (reachable on 443 from `aws.privateAccessCidrs`), public
+  endpoint per `aws.publicEndpoint`, open only to `aws.publicAccessCidrs`.
+- An S3 gateway endpoint on the private route tables: task logs and ECR image layers (served from S3) skip the
+  NAT gateway and its per-GB charge.
 - IRSA: an IAM OIDC provider for the cluster's issuer, behind `workload_identity`.
-- Managed add-ons: VPC CNI (through its own IRSA role, so nodes do not carry its permissions), kube-proxy,
-  CoreDNS.
+- Managed add-ons: VPC CNI (through its own IRSA role, so nodes do not carry its permissions; its network
+  policy agent per `aws.networkPolicy`), kube-proxy, CoreDNS, and the EBS CSI driver (its own IRSA role) with
+  an encrypted gp3 StorageClass as the cluster default.
 - Two managed node groups: "system" (Airflow and the add-ons; at least one node) and "tasks" (the
   TASK_POOL label and taint, spot when asked, 0..N nodes), plus Cluster Autoscaler tags on the task group.
 - The Cluster Autoscaler (airflow_on_k8s/aws/cluster_autoscaler.py) and a Kubernetes provider from a kubeconfig
@@ -23,6 +27,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import pulumi
@@ -33,9 +38,7 @@ from airflow_on_k8s.aws.workload_identity import IrsaWorkloadIdentity
 from airflow_on_k8s.aws.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig
 from airflow_on_k8s.task_pool import TASK_POOL, TaskPoolSelector
-
-# Control-plane logs are kept for a quarter: long enough to look back at an incident, short enough to be cheap.
-CONTROL_PLANE_LOG_RETENTION_DAYS = 90
+from airflow_on_k8s.versions import EKS_STANDARD_SUPPORT_ENDS
 
 # Cluster-admin for the principals in `aws.adminRoleArns`.
 CLUSTER_ADMIN_POLICY = "cluster-access-policy/AmazonEKSClusterAdminPolicy"
@@ -43,6 +46,32 @@ CLUSTER_ADMIN_POLICY = "cluster-access-policy/AmazonEKSClusterAdminPolicy"
 # Managed policies every EKS node needs. Image pulls use PullOnly, the narrower successor of ReadOnly.
 # The CNI policy is not here: the VPC CNI add-on gets it through its own IRSA role.
 NODE_MANAGED_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly")
+
+# The EBS CSI driver's AWS-managed policy. V2 is the least-privilege successor of AmazonEBSCSIDriverPolicy: it
+# acts only on volumes and snapshots tagged ebs.csi.aws.com/cluster=true, which the driver puts on every volume it
+# provisions (kubernetes-sigs/aws-ebs-csi-driver v1.64.0 docs/install.md, issue #2918).
+EBS_CSI_POLICY = "service-role/AmazonEBSCSIDriverPolicyV2"
+EBS_CSI_NAMESPACE = "kube-system"
+EBS_CSI_SERVICE_ACCOUNT = "ebs-csi-controller-sa"
+DEFAULT_STORAGE_CLASS = "gp3-encrypted"
+
+# AZ IDs in which EKS refuses control-plane subnets (EKS user guide, network-reqs.html#network-requirements-subnets).
+# IDs, not names: names map to different physical zones in each account.
+EKS_UNSUPPORTED_ZONE_IDS = frozenset({"use1-az3", "usw1-az2", "cac1-az3"})
+
+# Address blocks reserved for documentation (RFC 5737): the shipped stacks use one as a placeholder CIDR.
+DOCUMENTATION_NETWORKS = tuple(
+    ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+)
+# Never the source address of a request to the public endpoint (RFC 1918, shared, loopback, link-local).
+NON_PUBLIC_NETWORKS = tuple(
+    ipaddress.IPv4Network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16")
+)
+FIND_YOUR_ADDRESS = "find yours with `curl -s https://checkip.amazonaws.com` and add /32"
+
+# Warn this long before a minor leaves EKS standard support.
+SUPPORT_END_WARNING_DAYS = 60
 
 # A Graviton instance type has a "g" right after its generation digit (m7g.large, c7gn.xlarge, r8gd.2xlarge).
 _GRAVITON_TYPE = re.compile(r"^[a-z]+\d+g[a-z-]*\.")
@@ -70,16 +99,104 @@ def plan_subnets(vpc_cidr: str, az_count: int) -> list[SubnetPlan]:
     return [SubnetPlan(private=eighths[i], public=public[i]) for i in range(az_count)]
 
 
+def usable_zones(names: list[str], zone_ids: list[str]) -> list[str]:
+    """The AZ names (sorted) whose zone IDs EKS accepts for control-plane subnets."""
+    return sorted(name for name, zone in zip(names, zone_ids, strict=True) if zone not in EKS_UNSUPPORTED_ZONE_IDS)
+
+
 def pick_zone(names: list[str], index: int, wanted: int, region: str) -> str:
     """The index-th usable AZ of the region, or a clear error when the region has too few."""
     if len(names) < wanted:
         raise ConfigError(
             [
                 f"{PROJECT}:aws.availabilityZones: {wanted} asked, but {region} offers only {len(names)} "
-                f"({', '.join(names)}); set it to {len(names)} or less"
+                f"that EKS accepts ({', '.join(names)}); set it to {len(names)} or less"
             ]
         )
     return sorted(names)[index]
+
+
+def s3_gateway_service(region: str) -> str:
+    """The S3 gateway endpoint's service name (China regions put `cn.` in front)."""
+    return f"{'cn.' if region.startswith('cn-') else ''}com.amazonaws.{region}.s3"
+
+
+def _networks(key: str, cidrs: list[str], problems: list[str]) -> list[tuple[int, ipaddress.IPv4Network]]:
+    """The parseable CIDRs with their positions in the list; a problem for each other one."""
+    nets = []
+    for i, cidr in enumerate(cidrs):
+        try:
+            nets.append((i, ipaddress.IPv4Network(cidr, strict=True)))
+        except ValueError as e:
+            problems.append(
+                f"{PROJECT}:{key}[{i}]: {cidr!r} is not an IPv4 CIDR block ({e}); write it like 203.0.113.0/24"
+            )
+    return nets
+
+
+def api_access_problems(public_endpoint: bool, public_cidrs: list[str], private_cidrs: list[str]) -> list[str]:
+    """Endpoint settings under which nobody, `pulumi up` included, could reach the Kubernetes API.
+
+    Requests to the public endpoint come from public addresses (your NAT or office egress), so only those belong
+    in publicAccessCidrs. The private endpoint's network interfaces sit in the VPC behind the cluster security
+    group, so it is reached only from the VPC or networks routed to it (VPN, peering, Transit Gateway), on 443
+    from privateAccessCidrs.
+    """
+    problems: list[str] = []
+    for i, net in _networks("aws.publicAccessCidrs", public_cidrs, problems):
+        if any(net.subnet_of(private) for private in NON_PUBLIC_NETWORKS):
+            problems.append(
+                f"{PROJECT}:aws.publicAccessCidrs[{i}]: {net} is a private range, but the public endpoint sees your "
+                f"public egress address ({FIND_YOUR_ADDRESS}); list private ranges in aws.privateAccessCidrs"
+            )
+    for i, net in _networks("aws.privateAccessCidrs", private_cidrs, problems):
+        if net.is_global:
+            problems.append(
+                f"{PROJECT}:aws.privateAccessCidrs[{i}]: {net} is a public range, but the private endpoint is reached "
+                "only from the VPC or networks routed to it; list the runner's or VPN's private range, or put your "
+                "public address in aws.publicAccessCidrs"
+            )
+    if public_endpoint and not public_cidrs:
+        problems.append(
+            f"{PROJECT}:aws.publicAccessCidrs: is empty, so nobody could reach the public API endpoint; list the "
+            f"addresses that deploy ({FIND_YOUR_ADDRESS}), or make the API private with aws.publicEndpoint: false "
+            "and aws.privateAccessCidrs"
+        )
+    if not public_endpoint and public_cidrs:
+        problems.append(
+            f"{PROJECT}:aws.publicAccessCidrs: is set but aws.publicEndpoint is false, so it would be ignored; "
+            "remove it, or set aws.publicEndpoint to true"
+        )
+    if not public_endpoint and not private_cidrs:
+        problems.append(
+            f"{PROJECT}:aws.privateAccessCidrs: is empty while aws.publicEndpoint is false, so only the nodes could "
+            "reach the API, not `pulumi up`; list the CIDR of the runner or VPN that deploys (docs/clusters.md, "
+            "\"Reaching the API\"), or set aws.publicEndpoint to true"
+        )
+    return problems
+
+
+def documentation_cidrs(cidrs: list[str]) -> list[str]:
+    """The CIDRs inside the RFC 5737 documentation blocks: placeholders nobody deploys from."""
+    nets = [(c, ipaddress.IPv4Network(c, strict=False)) for c in cidrs]
+    return [c for c, net in nets if any(net.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS)]
+
+
+def standard_support_warning(minor: str, support_type: str, today: date) -> str | None:
+    """What happens soon (or has happened) to a cluster on `minor` when its EKS standard support ends, if anything."""
+    ends = EKS_STANDARD_SUPPORT_ENDS[minor]
+    if (ends - today).days > SUPPORT_END_WARNING_DAYS:
+        return None
+    verb = "left" if today >= ends else "leaves"
+    outcome = (
+        "EKS then upgrades the cluster to the next minor (aws.supportType STANDARD)"
+        if support_type == "STANDARD"
+        else "the cluster then bills extended support, $0.60 instead of $0.10 per hour (aws.supportType EXTENDED)"
+    )
+    return (
+        f"{PROJECT}:kubernetesVersion: {minor} {verb} EKS standard support on {ends.isoformat()}; {outcome}. "
+        "Upgrade: set kubernetesVersion to the next minor."
+    )
 
 
 def ami_type(arm: bool) -> str:
@@ -138,8 +255,12 @@ class EksClusterArgs:
     nat_gateway_per_az: bool
     public_endpoint: bool
     public_access_cidrs: tuple[str, ...]
+    private_access_cidrs: tuple[str, ...]
     admin_role_arns: tuple[str, ...]
     control_plane_log_types: tuple[str, ...]
+    control_plane_log_retention_days: int
+    support_type: str
+    network_policy: bool
     system_pool: EksNodePoolSpec
     task_pool: EksNodePoolSpec
     autoscaler: ClusterAutoscalerArgs
@@ -160,19 +281,14 @@ class EksClusterArgs:
                     f"{PROJECT}:aws.adminRoleArns[{i}]: {arn!r} is not an IAM role ARN; "
                     "write it like arn:aws:iam::123456789012:role/platform-admins"
                 )
-        if config.aws.public_endpoint and not config.aws.public_access_cidrs:
+        problems += api_access_problems(
+            config.aws.public_endpoint, config.aws.public_access_cidrs, config.aws.private_access_cidrs
+        )
+        if config.kubernetes_version not in EKS_STANDARD_SUPPORT_ENDS:
             problems.append(
-                f"{PROJECT}:aws.publicAccessCidrs: is empty, so nobody could reach the public endpoint; "
-                "list the CIDRs that may, or set aws.publicEndpoint to false"
+                f"{PROJECT}:kubernetesVersion: {config.kubernetes_version!r} is not in EKS standard support; use one "
+                f"of {', '.join(EKS_STANDARD_SUPPORT_ENDS)}"
             )
-        for i, cidr in enumerate(config.aws.public_access_cidrs):
-            try:
-                ipaddress.IPv4Network(cidr, strict=True)
-            except ValueError as e:
-                problems.append(
-                    f"{PROJECT}:aws.publicAccessCidrs[{i}]: {cidr!r} is not an IPv4 CIDR block ({e}); "
-                    "write it like 203.0.113.0/24"
-                )
         try:
             autoscaler = ClusterAutoscalerArgs.from_stack(config)
         except ConfigError as e:
@@ -189,8 +305,12 @@ class EksClusterArgs:
             nat_gateway_per_az=config.aws.nat_gateway_per_az,
             public_endpoint=config.aws.public_endpoint,
             public_access_cidrs=tuple(config.aws.public_access_cidrs),
+            private_access_cidrs=tuple(config.aws.private_access_cidrs),
             admin_role_arns=tuple(config.aws.admin_role_arns),
-            control_plane_log_types=tuple(config.aws.control_plane_log_types),
+            control_plane_log_types=tuple(config.aws.log_types(config.protect)),
+            control_plane_log_retention_days=config.aws.log_retention_days(config.protect),
+            support_type=config.aws.support_type,
+            network_policy=config.aws.network_policy,
             system_pool=system_pool,
             task_pool=task_pool,
             autoscaler=autoscaler,
@@ -249,6 +369,32 @@ def _assume_role_policy(service: str) -> str:
     )
 
 
+def _deploying() -> bool:
+    """True during `pulumi up`'s update, false during a preview (and under the mock runtime)."""
+    return not pulumi.runtime.is_dry_run()
+
+
+def _check_before_deploying(args: EksClusterArgs) -> None:
+    """Warnings a preview shows, and the placeholder check that stops `pulumi up` before any resource exists.
+
+    The shipped stacks list a documentation address (203.0.113.10/32) in aws.publicAccessCidrs, so that they
+    preview anywhere; deploying with it would create the cluster (about 15 minutes) and then time out on the
+    first Kubernetes resource, as the API admits nobody.
+    """
+    placeholders = documentation_cidrs(list(args.public_access_cidrs))
+    if placeholders:
+        problem = (
+            f"{PROJECT}:aws.publicAccessCidrs: {', '.join(placeholders)} is a documentation address (RFC 5737) that "
+            f"no deployer has; replace it with your egress address ({FIND_YOUR_ADDRESS})"
+        )
+        if _deploying():
+            raise ConfigError([problem])
+        pulumi.log.warn(problem)
+    warning = standard_support_warning(args.kubernetes_version, args.support_type, date.today())
+    if warning:
+        pulumi.log.warn(warning)
+
+
 class EksCluster(pulumi.ComponentResource):
     """An EKS cluster implementing `KubernetesCluster` (airflow_on_k8s/contract.py).
 
@@ -266,14 +412,14 @@ class EksCluster(pulumi.ComponentResource):
     cloud = "aws"
 
     def __init__(self, name: str, args: EksClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        _check_before_deploying(args)
         super().__init__("airflow-on-k8s:aws:EksCluster", name, None, opts)
         self.task_pool = TASK_POOL
+        self._tags = {"project": PROJECT, "cluster": args.cluster_name, **args.tags}
         self.aws_provider = aws.Provider(
             f"{name}-aws",
             region=args.region,
-            default_tags=aws.ProviderDefaultTagsArgs(
-                tags={"project": PROJECT, "cluster": args.cluster_name, **args.tags}
-            ),
+            default_tags=aws.ProviderDefaultTagsArgs(tags=self._tags),
             opts=pulumi.ResourceOptions(parent=self),
         )
         self._opts = pulumi.ResourceOptions(parent=self, provider=self.aws_provider)
@@ -302,7 +448,7 @@ class EksCluster(pulumi.ComponentResource):
             aws_provider=self.aws_provider,
         )
 
-        node_prereqs = self._node_addons(name, cluster, partition) + private_routes
+        node_prereqs = self._node_addons(name, args, cluster, partition) + private_routes
         node_role = aws.iam.Role(
             f"{name}-node", assume_role_policy=_assume_role_policy("ec2.amazonaws.com"), opts=self._opts
         )
@@ -344,6 +490,8 @@ class EksCluster(pulumi.ComponentResource):
                 opts=self._opts,
             )
 
+        ebs_csi = self._ebs_csi_driver(name, cluster, partition)
+
         # CoreDNS is a Deployment: its add-on turns ACTIVE only once a node can run it.
         coredns = aws.eks.Addon(
             f"{name}-coredns",
@@ -363,7 +511,26 @@ class EksCluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_group, coredns]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_group, coredns, ebs_csi]),
+        )
+        # Since 1.30 EKS marks no StorageClass as default, and the in-tree gp2 class needs the CSI driver anyway
+        # (EKS 1.30 release notes; ebs-csi-migration-faq.html): without this, every PVC (Redis, the bundled
+        # Postgres) stays Pending. The add-on's own defaultStorageClass sets no parameters, so its volumes would
+        # be unencrypted unless the account encrypts EBS by default (aws-ebs-csi-driver chart ebs-csi-default-sc.yaml).
+        self.default_storage_class = k8s.storage.v1.StorageClass(
+            f"{name}-{DEFAULT_STORAGE_CLASS}",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=DEFAULT_STORAGE_CLASS,
+                annotations={"storageclass.kubernetes.io/is-default-class": "true"},
+            ),
+            provisioner="ebs.csi.aws.com",
+            # Encrypted with the account's aws/ebs key, which needs no KMS grant for the driver's role.
+            parameters={"type": "gp3", "encrypted": "true"},
+            # Created in the AZ of the node the pod is scheduled to, not a random one.
+            volume_binding_mode="WaitForFirstConsumer",
+            allow_volume_expansion=True,
+            reclaim_policy="Delete",
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
         )
 
         self.cluster_autoscaler = ClusterAutoscaler(
@@ -394,11 +561,12 @@ class EksCluster(pulumi.ComponentResource):
         plans = plan_subnets(args.vpc_cidr, args.availability_zones)
         # Zones that need no opt-in: Local Zones and Wavelength Zones cannot host EKS nodes.
         # Read now (not as an Output) so a region with too few AZs stops the program before any resource.
-        zones = aws.get_availability_zones(
+        available = aws.get_availability_zones(
             state="available",
             filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])],
             opts=pulumi.InvokeOptions(parent=self, provider=self.aws_provider),
-        ).names
+        )
+        zones = usable_zones(available.names, available.zone_ids)
         vpc = aws.ec2.Vpc(
             f"{name}-vpc",
             cidr_block=args.vpc_cidr,
@@ -473,6 +641,7 @@ class EksCluster(pulumi.ComponentResource):
                 )
             )
         egress: list[pulumi.Resource] = []
+        private_tables: list[aws.ec2.RouteTable] = []
         for i, subnet in enumerate(private_subnets):
             # Each AZ leaves through its own NAT when there is one per AZ, so an AZ outage stays in its AZ.
             nat = nats[i] if args.nat_gateway_per_az else nats[0]
@@ -483,11 +652,23 @@ class EksCluster(pulumi.ComponentResource):
                 tags={"Name": f"{args.cluster_name}-private-{i}"},
                 opts=self._opts,
             )
+            private_tables.append(table)
             egress.append(
                 aws.ec2.RouteTableAssociation(
                     f"{name}-private-{i}", subnet_id=subnet.id, route_table_id=table.id, opts=self._opts
                 )
             )
+        # Free, unlike NAT processing (about $0.045/GB): task-log uploads and ECR image layers, which ECR serves
+        # from S3, leave the private subnets through it.
+        aws.ec2.VpcEndpoint(
+            f"{name}-s3",
+            vpc_id=vpc.id,
+            service_name=s3_gateway_service(args.region),
+            vpc_endpoint_type="Gateway",
+            route_table_ids=[t.id for t in private_tables],
+            tags={"Name": f"{args.cluster_name}-s3"},
+            opts=self._opts,
+        )
         return private_subnets, egress
 
     def _control_plane(
@@ -534,7 +715,7 @@ class EksCluster(pulumi.ComponentResource):
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-control-plane",
             name=f"/aws/eks/{args.cluster_name}/cluster",
-            retention_in_days=CONTROL_PLANE_LOG_RETENTION_DAYS,
+            retention_in_days=args.control_plane_log_retention_days,
             opts=self._opts,
         )
         cluster = aws.eks.Cluster(
@@ -562,11 +743,28 @@ class EksCluster(pulumi.ComponentResource):
                 endpoint_public_access=args.public_endpoint,
                 public_access_cidrs=list(args.public_access_cidrs) if args.public_endpoint else None,
             ),
+            # EKS's own default is EXTENDED: a minor past standard support then bills $0.60 instead of $0.10 per
+            # hour (docs.aws.amazon.com/eks/latest/userguide/kubernetes-versions.html: "Extended support is enabled
+            # by default").
+            upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type=args.support_type),
             deletion_protection=args.protect,
             opts=pulumi.ResourceOptions.merge(
                 protect, pulumi.ResourceOptions(depends_on=[cluster_policy, key_use, log_group])
             ),
         )
+        # The private endpoint's network interfaces carry the cluster security group, which admits only itself
+        # (the control plane and the nodes): a runner or VPN that deploys needs its own rule on 443.
+        for i, cidr in enumerate(args.private_access_cidrs):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-api-from-{i}",
+                security_group_id=cluster.vpc_config.cluster_security_group_id,
+                cidr_ipv4=cidr,
+                ip_protocol="tcp",
+                from_port=443,
+                to_port=443,
+                description="Kubernetes API (private endpoint) from aws.privateAccessCidrs",
+                opts=self._opts,
+            )
         for i, principal in enumerate(args.admin_role_arns):
             entry = aws.eks.AccessEntry(
                 f"{name}-admin-{i}", cluster_name=cluster.name, principal_arn=principal, type="STANDARD", opts=self._opts
@@ -581,7 +779,38 @@ class EksCluster(pulumi.ComponentResource):
             )
         return cluster
 
-    def _node_addons(self, name: str, cluster: aws.eks.Cluster, partition: pulumi.Output[str]) -> list[pulumi.Resource]:
+    def _ebs_csi_driver(self, name: str, cluster: aws.eks.Cluster, partition: pulumi.Output[str]) -> aws.eks.Addon:
+        """The EBS CSI driver, which provisions every PersistentVolume, acting through its own IRSA role.
+
+        IMDS is out of the driver's reach (hop limit 1, see `_node_group`): its node plugin falls back to the
+        Kubernetes node object for instance ID, type, region and zone, and the controller takes its region from the
+        AWS_REGION the pod identity webhook sets (aws-ebs-csi-driver v1.64.0 docs/install.md, "Metadata").
+        """
+        role = self.workload_identity.service_account_role(
+            f"{name}-ebs-csi", EBS_CSI_NAMESPACE, EBS_CSI_SERVICE_ACCOUNT, parent=self
+        )
+        policy = aws.iam.RolePolicyAttachment(
+            f"{name}-ebs-csi",
+            role=role.name,
+            policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/", EBS_CSI_POLICY),
+            opts=self._opts,
+        )
+        # A Deployment too: ACTIVE only once the system group has a node.
+        return aws.eks.Addon(
+            f"{name}-ebs-csi-driver",
+            cluster_name=cluster.name,
+            addon_name="aws-ebs-csi-driver",
+            service_account_role_arn=role.arn,
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="PRESERVE",
+            opts=pulumi.ResourceOptions.merge(
+                self._opts, pulumi.ResourceOptions(depends_on=[self.system_node_group, policy])
+            ),
+        )
+
+    def _node_addons(
+        self, name: str, args: EksClusterArgs, cluster: aws.eks.Cluster, partition: pulumi.Output[str]
+    ) -> list[pulumi.Resource]:
         """The add-ons a node needs before it can become Ready: pod networking and service routing."""
         cni_role = self.workload_identity.service_account_role(f"{name}-vpc-cni", "kube-system", "aws-node", parent=self)
         cni_policy = aws.iam.RolePolicyAttachment(
@@ -595,6 +824,9 @@ class EksCluster(pulumi.ComponentResource):
             cluster_name=cluster.name,
             addon_name="vpc-cni",
             service_account_role_arn=cni_role.arn,
+            # The network policy agent in aws-node enforces NetworkPolicies; off, they are stored but do nothing.
+            # The add-on schema takes the value as a string (EKS user guide, cni-network-policy-configure.html).
+            configuration_values=json.dumps({"enableNetworkPolicy": "true" if args.network_policy else "false"}),
             resolve_conflicts_on_create="OVERWRITE",
             resolve_conflicts_on_update="PRESERVE",
             opts=pulumi.ResourceOptions.merge(self._opts, pulumi.ResourceOptions(depends_on=[cni_policy])),
@@ -636,6 +868,12 @@ class EksCluster(pulumi.ComponentResource):
                         volume_size=pool.disk_size_gb, volume_type="gp3", encrypted="true", delete_on_termination="true"
                     ),
                 )
+            ],
+            # The provider's default tags reach the template, not what the Auto Scaling group launches from it:
+            # instances, their volumes and network interfaces get the cost-allocation tags only from here.
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={**self._tags, "Name": name})
+                for kind in ("instance", "volume", "network-interface")
             ],
             update_default_version=True,
             opts=self._opts,

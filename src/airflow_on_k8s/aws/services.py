@@ -14,6 +14,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from airflow_on_k8s.aws.names import RDS_IDENTIFIER_PREFIX_MAX, S3_BUCKET_PREFIX_MAX, derived_name
 from airflow_on_k8s.contract import CloudServices, KubernetesCluster, LogStore, PostgresDatabase
 from airflow_on_k8s.config import StackConfig
 
@@ -53,7 +54,7 @@ class AwsServices(CloudServices):
         a = self.args
         bucket = aws.s3.Bucket(
             name,
-            bucket_prefix=f"{a.cluster_name}-airflow-logs-",
+            bucket_prefix=derived_name(a.cluster_name, "-airflow-logs-", S3_BUCKET_PREFIX_MAX),
             force_destroy=not a.protect,
             opts=self._opts(parent, protect=a.protect),
         )
@@ -122,7 +123,7 @@ class AwsServices(CloudServices):
         ).result
         instance = aws.rds.Instance(
             name,
-            identifier_prefix=f"{a.cluster_name}-airflow-",
+            identifier_prefix=derived_name(a.cluster_name, "-airflow-", RDS_IDENTIFIER_PREFIX_MAX, single_hyphens=True),
             engine="postgres",
             engine_version=POSTGRES_ENGINE_VERSION,
             instance_class=DB_INSTANCE_CLASSES[a.protect],
@@ -140,7 +141,9 @@ class AwsServices(CloudServices):
             backup_retention_period=7 if a.protect else 1,
             deletion_protection=a.protect,
             skip_final_snapshot=not a.protect,
-            final_snapshot_identifier=f"{a.cluster_name}-airflow-final" if a.protect else None,
+            final_snapshot_identifier=(
+                derived_name(a.cluster_name, "-airflow-final", 255, single_hyphens=True) if a.protect else None
+            ),
             auto_minor_version_upgrade=True,
             opts=self._opts(parent, protect=a.protect),
         )
