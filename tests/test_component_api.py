@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 import airflow_on_k8s
-from airflow_on_k8s.contract import output_names
+from airflow_on_k8s.contract import KubernetesCluster, output_names
 from airflow_on_k8s.testing.mock_runtime import ProgramRun, run_program
 
 PACKAGE_DIR = Path(airflow_on_k8s.__file__).parent
@@ -212,7 +212,7 @@ AirflowOnKubernetes("platform", {"config": {k.split(":", 1)[1]: v for k, v in st
 # Each cluster program exports its cluster's annotated outputs, by attribute name.
 EXPORT_CLUSTER_OUTPUTS = """
 import pulumi
-from airflow_on_k8s.contract import output_names
+from airflow_on_k8s.contract import KubernetesCluster, output_names
 for name in output_names(type(cluster)):
     pulumi.export(name, getattr(cluster, name))
 """
@@ -254,6 +254,22 @@ def test_every_annotated_output_is_registered(component, typed_runs):
         assert r.keys == set(output_names(component)), "register_outputs registers exactly the annotated outputs"
         not_outputs = [name for name in r.keys if not isinstance(getattr(r.component, name), pulumi.Output)]
         assert not not_outputs, f"annotated as pulumi.Output but not one: {not_outputs}"
+
+
+def test_the_cluster_contract_says_which_members_are_required_and_which_optional():
+    docs = _annotation_docstrings(KubernetesCluster)
+    assert set(docs) == set(typing.get_type_hints(KubernetesCluster))
+    unmarked = [name for name, doc in docs.items() if not (doc or "").startswith(("Required. ", "Optional. "))]
+    assert not unmarked, f"contract members whose docstring does not start with Required. or Optional.: {unmarked}"
+
+
+def test_every_cluster_component_documents_each_contract_member(typed_runs):
+    _, registered = typed_runs
+    clusters = {type(r.component) for r in registered if isinstance(r.component, KubernetesCluster)}
+    assert {cls.__name__ for cls in clusters} == {"EksCluster", "GkeCluster", "LocalCluster"}
+    for cls in clusters:
+        missing = set(typing.get_type_hints(KubernetesCluster)) - set(_annotation_docstrings(cls))
+        assert not missing, f"{cls.__name__} does not annotate the contract's {sorted(missing)}"
 
 
 def _inputs(run: ProgramRun, type_: str, name_contains: str = "") -> dict[str, Any]:

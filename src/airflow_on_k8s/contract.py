@@ -3,6 +3,9 @@
 Like the Cluster Autoscaler's `CloudProvider` interface, this keeps cloud-specific code behind one small
 surface: everything installed after the cluster (metrics-server, KEDA, Airflow, the worker autoscaler)
 is written against `KubernetesCluster` and never imports a cloud SDK.
+
+It also holds the one convention of every component's outputs: class-level `pulumi.Output[...]` annotations, each
+with a docstring, registered under their (snake_case) attribute names (`register_annotated_outputs`).
 """
 
 from __future__ import annotations

@@ -265,7 +265,9 @@ class EksClusterArgs:
     """
 
     cluster_name: str
-    """The EKS cluster's name (1-100 characters); also names its VPC, log group, subnets and tags."""
+    """The EKS cluster's name: 1-30 lowercase letters, digits and '-', starting with a letter (the stack config's
+    clusterName rule, which keeps the names derived from it within AWS's limits); also names its VPC, log group,
+    subnets and tags. Not checked here: `from_stack` input is validated by the stack config."""
     region: str
     """The AWS region, e.g. eu-west-1; every AWS resource goes through one provider for it."""
     public_access_cidrs: tuple[str, ...]

@@ -97,7 +97,9 @@ class GkeClusterArgs:
     """
 
     cluster_name: str
-    """The GKE cluster's name (at most 40 characters); also names its subnet ranges and node service account."""
+    """The GKE cluster's name: 1-30 lowercase letters, digits and '-', starting with a letter (the stack config's
+    clusterName rule, which keeps the names derived from it, such as the node service account's, within GCP's
+    limits). Not checked here: `from_stack` input is validated by the stack config."""
     project: str
     """The Google Cloud project ID."""
     region: str
@@ -304,7 +306,7 @@ class GkeCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         # Kept enabled on destroy: other things in the project may use them.
-        self.enabled_apis: list[pulumi.Resource] = [
+        self.enabled_apis = [
             gcp.projects.Service(
                 f"{name}-api-{api.split('.')[0]}",
                 project=args.project,
