@@ -20,7 +20,6 @@ from typing import Any
 
 import pulumi
 import pytest
-import yaml
 
 import airflow_on_k8s
 from airflow_on_k8s.contract import KubernetesCluster, output_names
@@ -203,9 +202,8 @@ TaskNamespace("tasks", TaskNamespaceArgs(launchers=(ServiceAccountRef("airflow",
                                          task_pool_max_nodes=2), cluster)
 """,
     "platform": """
-import json, yaml
 from airflow_on_k8s.platform import AirflowOnKubernetes
-stack = yaml.safe_load(open("stacks/Pulumi.local.yaml"))["config"]
+stack = yaml.safe_load(open(STACK_FILE))["config"]
 AirflowOnKubernetes("platform", {"config": {k.split(":", 1)[1]: v for k, v in stack.items()}})
 """,
 }
@@ -239,7 +237,8 @@ def typed_runs(tmp_path_factory) -> tuple[dict[str, ProgramRun], list[Registered
         patch.setattr(pulumi.ComponentResource, "register_outputs", recording)
         for key, source in PROGRAMS.items():
             program = folder / f"{key}.py"
-            program.write_text(source + (EXPORT_CLUSTER_OUTPUTS if "cluster = " in source else ""))
+            header = f"STACK_FILE = {str(REPO / 'stacks' / 'Pulumi.local.yaml')!r}\n"
+            program.write_text(header + source + (EXPORT_CLUSTER_OUTPUTS if "cluster = " in source else ""))
             # The stack only sets the runtime's config, which these programs do not read.
             runs[key] = run_program("local", program=program)
     return runs, registered
