@@ -202,6 +202,7 @@ TaskNamespace("tasks", TaskNamespaceArgs(launchers=(ServiceAccountRef("airflow",
                                          task_pool_max_nodes=2), cluster)
 """,
     "platform": """
+import yaml
 from airflow_on_k8s.platform import AirflowOnKubernetes
 stack = yaml.safe_load(open(STACK_FILE))["config"]
 AirflowOnKubernetes("platform", {"config": {k.split(":", 1)[1]: v for k, v in stack.items()}})
