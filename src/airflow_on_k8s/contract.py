@@ -3,10 +3,15 @@
 Like the Cluster Autoscaler's `CloudProvider` interface, this keeps cloud-specific code behind one small
 surface: everything installed after the cluster (metrics-server, KEDA, Airflow, the worker autoscaler)
 is written against `KubernetesCluster` and never imports a cloud SDK.
+
+It also holds the one convention of every component's outputs: class-level `pulumi.Output[...]` annotations, each
+with a docstring, registered under their (snake_case) attribute names (`register_annotated_outputs`).
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence, runtime_checkable
@@ -110,17 +115,48 @@ class NoCloudServices(CloudServices):
 class KubernetesCluster(Protocol):
     """What later components need from a cluster.
 
-    - `cloud`: "aws", "gcp" or "local".
-    - `cluster_name`: the cluster's name in its cloud.
-    - `kubeconfig`: a kubeconfig for the cluster, as a Pulumi secret.
-    - `provider`: a Kubernetes provider bound to that kubeconfig; pass it explicitly to every Kubernetes resource.
-    - `task_pool`: how pods reach the task pool (label and taint).
-    - `workload_identity`: the hook that gives a service account cloud permissions.
+    Like the Cluster Autoscaler's `CloudProvider` (cloudprovider/cloud_provider.go), each member says whether it is
+    required (every cluster gives a working value, and callers rely on it) or optional (every cluster has the
+    attribute, but it may hold the null value a cluster without that capability gives; callers must handle it, as
+    they handle `ErrNotImplemented` there).
     """
 
     cloud: str
+    """Required. "aws", "gcp" or "local": for outputs and messages, never to branch on (`clusters.py` does that)."""
     cluster_name: pulumi.Output[str]
+    """Required. The cluster's name in its cloud (on local, the stack's clusterName: the context picks the cluster)."""
     kubeconfig: pulumi.Output[str]
+    """Optional. A kubeconfig for the cluster, as a Pulumi secret; "" where the program has none (a local cluster
+    reached through the user's own kubeconfig). Export it; reach the cluster through `provider`, not this."""
     provider: k8s.Provider
+    """Required. A Kubernetes provider bound to the cluster; pass it explicitly to every Kubernetes resource."""
     task_pool: TaskPoolSelector
+    """Required. How pods reach the task pool: its node label and taint."""
     workload_identity: WorkloadIdentity
+    """Optional. The hook that gives a service account cloud permissions; `NoWorkloadIdentity` where the cluster has
+    no cloud identity, whose binding fails with the fix when asked for a grant."""
+
+    # Optional and outside the Protocol (read with getattr and a default): `enabled_apis`, the resources that
+    # enable the cloud APIs, which cloud services must wait for (GKE; gcp/services.py).
+
+
+def output_names(component: type) -> tuple[str, ...]:
+    """The attributes a component class itself annotates as `pulumi.Output[...]`, in order: its exported outputs.
+
+    Its other annotated attributes (a provider, the task-pool selector, child resources) are Python-only values,
+    for programs that compose components in Python, and are not registered.
+    """
+    hints = inspect.get_annotations(component)
+    return tuple(name for name, hint in hints.items() if _is_output_hint(hint))
+
+
+def _is_output_hint(hint: object) -> bool:
+    # Modules with `from __future__ import annotations` keep the annotation as its source text.
+    if isinstance(hint, str):
+        return hint.startswith(("pulumi.Output[", "Output["))
+    return hint is pulumi.Output or typing.get_origin(hint) is pulumi.Output
+
+
+def register_annotated_outputs(component: pulumi.ComponentResource) -> None:
+    """Register every `pulumi.Output` attribute the component's class annotates, under its attribute name."""
+    component.register_outputs({name: getattr(component, name) for name in output_names(type(component))})

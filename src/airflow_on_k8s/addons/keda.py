@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from airflow_on_k8s.contract import KubernetesCluster
+from airflow_on_k8s.contract import KubernetesCluster, register_annotated_outputs
 from airflow_on_k8s.config import StackConfig
 from airflow_on_k8s._helm import pinned_release
 from airflow_on_k8s.versions import KEDA_CHART
@@ -36,7 +36,11 @@ RESOURCES = {
 
 @dataclass(frozen=True)
 class KedaArgs:
+    """Where KEDA runs; its chart version, sizing and RBAC are this module's and not settable."""
+
     namespace: str = KEDA_NAMESPACE
+    """The namespace KEDA's operator, metrics API server and webhooks run in (created by the component). The
+    Airflow namespace's NetworkPolicies admit KEDA_NAMESPACE: change both together."""
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> KedaArgs:  # noqa: ARG003 - same shape as every component
@@ -51,10 +55,14 @@ class KedaArgs:
 
 
 class Keda(pulumi.ComponentResource):
-    """KEDA's namespace and the kedacore chart at its pinned version.
+    """KEDA's namespace and the kedacore chart at its pinned version."""
 
-    Outputs: `namespace` (name), `release` (the Helm release; depend on it before creating ScaledObjects).
-    """
+    namespace: pulumi.Output[str]
+    """The namespace KEDA runs in."""
+    release_status: pulumi.Output[str]
+    """The Helm release's status, e.g. "deployed"."""
+    release: k8s.helm.v3.Release
+    """The Helm release (Python-only): depend on it before creating ScaledObjects."""
 
     def __init__(
         self,
@@ -79,4 +87,6 @@ class Keda(pulumi.ComponentResource):
             parent=self,
             depends_on=[namespace],
         )
-        self.register_outputs({"namespace": self.namespace, "releaseStatus": self.release.status})
+        # None until deployed (a preview knows no status).
+        self.release_status = self.release.status.apply(lambda status: status.status if status else None)
+        register_annotated_outputs(self)

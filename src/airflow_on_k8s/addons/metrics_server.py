@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as k8s
 
-from airflow_on_k8s.contract import KubernetesCluster
+from airflow_on_k8s.contract import KubernetesCluster, register_annotated_outputs
 from airflow_on_k8s.config import StackConfig
 from airflow_on_k8s._helm import pinned_release
 from airflow_on_k8s.versions import METRICS_SERVER_CHART
@@ -26,10 +27,17 @@ POD_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes
 
 @dataclass(frozen=True)
 class MetricsServerArgs:
-    install: bool
-    # kind, k3d and minikube kubelets serve self-signed certificates that metrics-server cannot verify.
+    """Whether to install metrics-server, and how it reaches the kubelets; its chart version and sizing are this
+    module's and not settable."""
+
+    install: bool = True
+    """Whether the platform installs it; `MetricsServer` itself always installs. False where the cloud runs its own
+    (GKE): a second copy would fight it for the `v1beta1.metrics.k8s.io` APIService."""
     kubelet_insecure_tls: bool = False
+    """Skip verifying the kubelets' serving certificates: needed on kind, k3d and minikube, whose kubelets serve
+    self-signed ones; leave False on a cloud."""
     namespace: str = "kube-system"
+    """The namespace it runs in (it must exist); kube-system, where the resource metrics API usually lives."""
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> MetricsServerArgs:
@@ -45,10 +53,14 @@ class MetricsServerArgs:
 
 
 class MetricsServer(pulumi.ComponentResource):
-    """The metrics-server chart at its pinned version in kube-system.
+    """The metrics-server chart at its pinned version in kube-system."""
 
-    Outputs: `release` (the Helm release), `namespace`.
-    """
+    namespace: pulumi.Output[str]
+    """The namespace metrics-server runs in."""
+    release_status: pulumi.Output[str]
+    """The Helm release's status, e.g. "deployed"."""
+    release: k8s.helm.v3.Release
+    """The Helm release (Python-only)."""
 
     def __init__(
         self,
@@ -58,7 +70,7 @@ class MetricsServer(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("airflow-on-k8s:addons:MetricsServer", name, None, opts)
-        self.namespace = args.namespace
+        self.namespace = pulumi.Output.from_input(args.namespace)
         self.release = pinned_release(
             name,
             METRICS_SERVER_CHART,
@@ -67,4 +79,6 @@ class MetricsServer(pulumi.ComponentResource):
             provider=cluster.provider,
             parent=self,
         )
-        self.register_outputs({"namespace": self.namespace, "releaseStatus": self.release.status})
+        # None until deployed (a preview knows no status).
+        self.release_status = self.release.status.apply(lambda status: status.status if status else None)
+        register_annotated_outputs(self)

@@ -24,8 +24,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from airflow_on_k8s.contract import KubernetesCluster
-from airflow_on_k8s.config import StackConfig
+from airflow_on_k8s.contract import KubernetesCluster, register_annotated_outputs
+from airflow_on_k8s.config import AirflowConfig, StackConfig
 from airflow_on_k8s.airflow.network_policies import PSS_LABELS, task_namespace_policies
 
 POD_LAUNCHER_RULES: list[dict[str, list[str]]] = [
@@ -45,19 +45,30 @@ QUOTA_PER_TASK_NODE = {"pods": 110, "cpu": 16, "memory_gi": 64}
 
 @dataclass(frozen=True)
 class ServiceAccountRef:
+    """A Kubernetes ServiceAccount, by namespace and name."""
+
     namespace: str
+    """The ServiceAccount's namespace, e.g. airflow."""
     name: str
+    """The ServiceAccount's name, e.g. airflow-worker."""
 
 
 @dataclass(frozen=True)
 class TaskNamespaceArgs:
-    name: str
-    # Who may launch pods here: the Airflow components that run KubernetesPodOperator code.
+    """The task namespace, who may launch pods in it, and how large it may grow."""
+
     launchers: tuple[ServiceAccountRef, ...]
+    """Who may launch pods here: the ServiceAccounts of the Airflow components that run KubernetesPodOperator code
+    (the Celery worker's and the triggerer's; `airflow.component.POD_LAUNCHER_SERVICE_ACCOUNTS`)."""
     task_pool_max_nodes: int
+    """The task pool's most nodes; the ResourceQuota allows QUOTA_PER_TASK_NODE per node (pods, CPU, memory)."""
+    name: str = AirflowConfig().task_namespace
+    """The namespace's name (created by the component; a DNS label)."""
     labels: dict[str, str] = field(default_factory=dict)
-    # Private ranges task pods may reach besides the internet (airflow.taskEgressCidrs).
+    """Extra labels on the namespace and every object in it."""
     egress_cidrs: tuple[str, ...] = ()
+    """Private ranges (CIDR blocks) task pods may reach besides the internet, e.g. a database in the VPC
+    (airflow.taskEgressCidrs); empty: the internet and kube-dns only."""
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> TaskNamespaceArgs:
@@ -80,10 +91,12 @@ class TaskNamespaceArgs:
 
 
 class TaskNamespace(pulumi.ComponentResource):
-    """Namespace, pod-launcher Role and bindings, LimitRange and ResourceQuota for task pods.
+    """Namespace, pod-launcher Role and bindings, LimitRange and ResourceQuota for task pods."""
 
-    Outputs: `name` (the namespace), `role_name`.
-    """
+    name: pulumi.Output[str]
+    """The namespace task pods run in."""
+    role_name: pulumi.Output[str]
+    """The Role that lets the launchers run pods there."""
 
     def __init__(
         self,
@@ -142,7 +155,7 @@ class TaskNamespace(pulumi.ComponentResource):
                 spec=policy["spec"],
                 opts=in_namespace,
             )
-        self.register_outputs({"name": self.name, "roleName": self.role_name})
+        register_annotated_outputs(self)
 
 
 def _snake(rule: dict[str, Any]) -> dict[str, Any]:

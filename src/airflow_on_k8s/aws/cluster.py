@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -35,10 +35,11 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from airflow_on_k8s.aws.workload_identity import IrsaWorkloadIdentity
+from airflow_on_k8s.contract import register_annotated_outputs
 from airflow_on_k8s.aws.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
-from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig
+from airflow_on_k8s.config import PROJECT, AwsConfig, ConfigError, PoolConfig, StackConfig
 from airflow_on_k8s.task_pool import TASK_POOL, TaskPoolSelector
-from airflow_on_k8s.versions import EKS_STANDARD_SUPPORT_ENDS
+from airflow_on_k8s.versions import DEFAULT_KUBERNETES_VERSION, EKS_STANDARD_SUPPORT_ENDS
 
 # Cluster-admin for the principals in `aws.adminRoleArns`.
 CLUSTER_ADMIN_POLICY = "cluster-access-policy/AmazonEKSClusterAdminPolicy"
@@ -72,6 +73,10 @@ FIND_YOUR_ADDRESS = "find yours with `curl -s https://checkip.amazonaws.com` and
 
 # Warn this long before a minor leaves EKS standard support.
 SUPPORT_END_WARNING_DAYS = 60
+
+# The stack config's defaults are the args' defaults: a component user gets what a stack file gets.
+_AWS_DEFAULTS = AwsConfig.model_construct()
+_POOL_DEFAULTS = PoolConfig.model_construct()
 
 # A Graviton instance type has a "g" right after its generation digit (m7g.large, c7gn.xlarge, r8gd.2xlarge).
 _GRAVITON_TYPE = re.compile(r"^[a-z]+\d+g[a-z-]*\.")
@@ -208,11 +213,18 @@ class EksNodePoolSpec:
     """One managed node group's shape."""
 
     instance_types: tuple[str, ...]
+    """EC2 instance types, e.g. ("m6i.xlarge", "m5.xlarge"): all Graviton when `arm`, none otherwise. Several
+    types of one size give spot more pools to draw from."""
     min_size: int
+    """Fewest nodes (0 lets the group scale to zero; the system group needs 1 or more)."""
     max_size: int
-    spot: bool
-    disk_size_gb: int
-    arm: bool
+    """Most nodes the Cluster Autoscaler may add (at least `min_size`, at least 1)."""
+    spot: bool = _POOL_DEFAULTS.spot
+    """Spot capacity: cheaper, but AWS may reclaim a node at two minutes' notice; fine for retryable tasks."""
+    disk_size_gb: int = _POOL_DEFAULTS.disk_size_gb
+    """Root volume size of each node in GiB (encrypted gp3)."""
+    arm: bool = _POOL_DEFAULTS.arm
+    """Graviton (ARM64) nodes with the AL2023 ARM AMI; every image the pool runs must be multi-arch."""
 
     @property
     def capacity_type(self) -> str:
@@ -246,26 +258,76 @@ def _pool_spec(config: StackConfig, pool: str, key: str, problems: list[str]) ->
 
 @dataclass(frozen=True)
 class EksClusterArgs:
+    """Everything `EksCluster` needs; `from_stack` builds it from the stack config and checks what EKS cannot take.
+
+    The defaults are the stack config's (airflow_on_k8s/config.py), so a component user and a stack file get the
+    same cluster for the same settings.
+    """
+
     cluster_name: str
+    """The EKS cluster's name: 1-30 lowercase letters, digits and '-', starting with a letter (the stack config's
+    clusterName rule, which keeps the names derived from it within AWS's limits); also names its VPC, log group,
+    subnets and tags. Not checked here: `from_stack` input is validated by the stack config."""
     region: str
-    kubernetes_version: str
-    availability_zones: int
-    vpc_cidr: str
-    service_cidr: str
-    nat_gateway_per_az: bool
-    public_endpoint: bool
+    """The AWS region, e.g. eu-west-1; every AWS resource goes through one provider for it."""
     public_access_cidrs: tuple[str, ...]
-    private_access_cidrs: tuple[str, ...]
-    admin_role_arns: tuple[str, ...]
-    control_plane_log_types: tuple[str, ...]
-    control_plane_log_retention_days: int
-    support_type: str
-    network_policy: bool
+    """Who may reach the public API endpoint: public CIDR blocks, such as your egress address as a /32. Required
+    (no open default) while `public_endpoint` is true; must be empty when it is false."""
     system_pool: EksNodePoolSpec
+    """The system node group: Airflow and the add-ons (min_size 1 or more)."""
     task_pool: EksNodePoolSpec
-    autoscaler: ClusterAutoscalerArgs
-    protect: bool
-    tags: dict[str, str]
+    """The task node group: KubernetesPodOperator pods only (TASK_POOL label and taint); min_size 0 scales from zero."""
+    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
+    """The Kubernetes minor, e.g. "1.35": one in EKS standard support (EKS_STANDARD_SUPPORT_ENDS, versions.py)."""
+    availability_zones: int = _AWS_DEFAULTS.availability_zones
+    """How many AZs get a private and a public subnet (and node capacity): 2 to 6."""
+    vpc_cidr: str = _AWS_DEFAULTS.vpc_cidr
+    """The VPC's IPv4 range, a /20 or larger: private subnets take an eighth each, public ones share the last."""
+    service_cidr: str = _AWS_DEFAULTS.service_cidr
+    """The range of Kubernetes Service IPs; must not overlap the VPC."""
+    nat_gateway_per_az: bool = _AWS_DEFAULTS.nat_gateway_per_az
+    """One NAT gateway per AZ (survives an AZ outage), or one shared NAT gateway (cheaper, for dev)."""
+    public_endpoint: bool = _AWS_DEFAULTS.public_endpoint
+    """Whether the API has a public endpoint (open to `public_access_cidrs` only); the private one is always on."""
+    private_access_cidrs: tuple[str, ...] = tuple(_AWS_DEFAULTS.private_access_cidrs)
+    """Private CIDR blocks admitted on 443 to the private API endpoint (a runner or VPN in or peered with the VPC);
+    required when `public_endpoint` is false."""
+    admin_role_arns: tuple[str, ...] = tuple(_AWS_DEFAULTS.admin_role_arns)
+    """IAM role ARNs given cluster-admin through EKS access entries (the identity running `pulumi up` always is)."""
+    control_plane_log_types: tuple[str, ...] | None = _AWS_DEFAULTS.control_plane_log_types
+    """EKS control-plane log types sent to CloudWatch (api, audit, authenticator, controllerManager, scheduler);
+    None: audit and authenticator, or all five when `protect` is true."""
+    control_plane_log_retention_days: int | None = _AWS_DEFAULTS.control_plane_log_retention_days
+    """Days CloudWatch keeps control-plane logs, one of CLOUDWATCH_RETENTION_DAYS (config.py); None: 7, or 90 when
+    `protect` is true."""
+    support_type: str = _AWS_DEFAULTS.support_type
+    """STANDARD (EKS upgrades the cluster when its minor leaves standard support) or EXTENDED (stays, billed $0.60
+    instead of $0.10 per cluster hour)."""
+    network_policy: bool = _AWS_DEFAULTS.network_policy
+    """Enforce NetworkPolicies with the VPC CNI's network policy agent; false stores them but enforces nothing."""
+    autoscaler: ClusterAutoscalerArgs | None = None
+    """The Cluster Autoscaler's settings; None: its defaults for this cluster (`cluster_autoscaler_args`)."""
+    protect: bool = False
+    """Pulumi `protect` and EKS deletion protection on the cluster and its Secrets key (and the longer log
+    defaults above): true for production."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """AWS tags on every resource, besides `project` and `cluster`."""
+
+    @property
+    def cluster_autoscaler_args(self) -> ClusterAutoscalerArgs:
+        """`autoscaler`, or the Cluster Autoscaler's defaults for this cluster."""
+        return self.autoscaler or ClusterAutoscalerArgs(self.cluster_name, self.region, self.kubernetes_version)
+
+    @property
+    def log_types(self) -> list[str]:
+        """The control-plane log types to ship: as set, or by `protect` (the stack config's rule)."""
+        return AwsConfig.model_construct(control_plane_log_types=self.control_plane_log_types).log_types(self.protect)
+
+    @property
+    def log_retention_days(self) -> int:
+        """The control-plane logs' retention in days: as set, or by `protect` (the stack config's rule)."""
+        settings = AwsConfig.model_construct(control_plane_log_retention_days=self.control_plane_log_retention_days)
+        return settings.log_retention_days(self.protect)
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> EksClusterArgs:
@@ -396,20 +458,43 @@ def _check_before_deploying(args: EksClusterArgs) -> None:
 
 
 class EksCluster(pulumi.ComponentResource):
-    """An EKS cluster implementing `KubernetesCluster` (airflow_on_k8s/contract.py).
+    """An EKS cluster implementing `KubernetesCluster` (airflow_on_k8s/contract.py), plus what components that
+    place AWS resources next to the cluster (e.g. RDS) need."""
 
-    Contract outputs: `cloud` ("aws"), `cluster_name`, `kubeconfig` (secret), `provider`, `task_pool`,
-    `workload_identity` (IRSA).
-
-    Also, for components that place AWS resources next to the cluster (e.g. RDS):
-    - `aws_provider`: the explicit AWS provider (stack region and default tags).
-    - `vpc_id`, `private_subnet_ids`: the VPC and its private subnets, one per AZ.
-    - `cluster_security_group_id`: the security group EKS gives the control plane and every node;
-      allow ingress from it to reach a database from pods.
-    - `oidc_provider_arn`, `node_role_arn`, `system_node_group`, `task_node_group`, `cluster_autoscaler`.
-    """
-
-    cloud = "aws"
+    cloud: str = "aws"
+    """"aws" (Python-only: the same for every instance)."""
+    cluster_name: pulumi.Output[str]
+    """The EKS cluster's name."""
+    kubeconfig: pulumi.Output[str]
+    """A kubeconfig for the cluster that authenticates with `aws eks get-token` (secret)."""
+    vpc_id: pulumi.Output[str]
+    """The cluster's VPC."""
+    private_subnet_ids: pulumi.Output[list[str]]
+    """The VPC's private subnets, one per AZ: where the nodes run."""
+    cluster_security_group_id: pulumi.Output[str]
+    """The security group EKS gives the control plane and every node; allow ingress from it to reach a database
+    from pods."""
+    oidc_provider_arn: pulumi.Output[str]
+    """The cluster's IAM OIDC provider, which IRSA roles trust."""
+    node_role_arn: pulumi.Output[str]
+    """The IAM role of both node groups' instances."""
+    provider: k8s.Provider
+    """A Kubernetes provider for the cluster that waits for a system node, CoreDNS and the EBS CSI driver
+    (Python-only)."""
+    task_pool: TaskPoolSelector
+    """TASK_POOL: the task node group's label and taint (Python-only)."""
+    workload_identity: IrsaWorkloadIdentity
+    """IRSA: binds a Kubernetes service account to an IAM role (Python-only)."""
+    aws_provider: aws.Provider
+    """The explicit AWS provider every AWS resource here uses, with the region and default tags (Python-only)."""
+    system_node_group: aws.eks.NodeGroup
+    """The system managed node group (Python-only)."""
+    task_node_group: aws.eks.NodeGroup
+    """The task managed node group (Python-only)."""
+    default_storage_class: k8s.storage.v1.StorageClass
+    """The encrypted gp3 StorageClass, the cluster's default (Python-only)."""
+    cluster_autoscaler: ClusterAutoscaler
+    """The Cluster Autoscaler component (Python-only)."""
 
     def __init__(self, name: str, args: EksClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         _check_before_deploying(args)
@@ -535,7 +620,7 @@ class EksCluster(pulumi.ComponentResource):
 
         self.cluster_autoscaler = ClusterAutoscaler(
             "cluster-autoscaler",
-            args.autoscaler,
+            args.cluster_autoscaler_args,
             identity=self.workload_identity,
             k8s_provider=self.provider,
             # EKS labels each node with its managed node group's name.
@@ -545,16 +630,7 @@ class EksCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-        self.register_outputs(
-            {
-                "cluster_name": self.cluster_name,
-                "kubeconfig": self.kubeconfig,
-                "vpc_id": self.vpc_id,
-                "private_subnet_ids": self.private_subnet_ids,
-                "cluster_security_group_id": self.cluster_security_group_id,
-                "oidc_provider_arn": self.oidc_provider_arn,
-            }
-        )
+        register_annotated_outputs(self)
 
     def _network(self, name: str, args: EksClusterArgs) -> tuple[list[aws.ec2.Subnet], list[pulumi.Resource]]:
         """VPC, subnets, NAT and routes. Returns the private subnets and what their egress depends on."""
@@ -715,7 +791,7 @@ class EksCluster(pulumi.ComponentResource):
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-control-plane",
             name=f"/aws/eks/{args.cluster_name}/cluster",
-            retention_in_days=args.control_plane_log_retention_days,
+            retention_in_days=args.log_retention_days,
             opts=self._opts,
         )
         cluster = aws.eks.Cluster(
@@ -733,7 +809,7 @@ class EksCluster(pulumi.ComponentResource):
             encryption_config=aws.eks.ClusterEncryptionConfigArgs(
                 provider=aws.eks.ClusterEncryptionConfigProviderArgs(key_arn=key.arn), resources=["secrets"]
             ),
-            enabled_cluster_log_types=list(args.control_plane_log_types),
+            enabled_cluster_log_types=args.log_types,
             kubernetes_network_config=aws.eks.ClusterKubernetesNetworkConfigArgs(
                 service_ipv4_cidr=args.service_cidr
             ),

@@ -16,6 +16,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from airflow_on_k8s.aws.workload_identity import ROLE_ARN_ANNOTATION, IrsaWorkloadIdentity
+from airflow_on_k8s.contract import register_annotated_outputs
 from airflow_on_k8s.config import ClusterAutoscalerConfig, ConfigError, StackConfig
 from airflow_on_k8s._helm import pinned_release
 from airflow_on_k8s.versions import CLUSTER_AUTOSCALER_CHART, CLUSTER_AUTOSCALER_IMAGE_TAGS
@@ -39,6 +40,9 @@ SCALING_ACTIONS = ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInsta
 
 # Measured needs of one replica on a cluster of this size (upstream's EKS example uses the same figures).
 RESOURCES = {"requests": {"cpu": "100m", "memory": "600Mi"}, "limits": {"memory": "600Mi"}}
+
+# The stack config's defaults are the args' defaults: one place says how fast nodes go.
+_DEFAULTS = ClusterAutoscalerConfig()
 
 
 def cluster_tag_key(cluster_name: str) -> str:
@@ -73,12 +77,22 @@ def autoscaler_policy(partition: str, region: str, account_id: str, cluster_name
 
 @dataclass(frozen=True)
 class ClusterAutoscalerArgs:
-    """What the Cluster Autoscaler needs from the stack: which cluster, where, and how fast to scale down."""
+    """What the Cluster Autoscaler needs: which cluster, where, and how fast to scale down."""
 
     cluster_name: str
+    """The EKS cluster's name: the autoscaler discovers the node groups' Auto Scaling groups tagged with it."""
     region: str
+    """The cluster's AWS region, e.g. eu-west-1."""
     kubernetes_version: str
-    settings: ClusterAutoscalerConfig
+    """The cluster's Kubernetes minor, e.g. "1.35": picks the autoscaler release built for it; must be a key of
+    CLUSTER_AUTOSCALER_IMAGE_TAGS (versions.py)."""
+    scale_down_unneeded_time: str = _DEFAULTS.scale_down_unneeded_time
+    """How long a node must be unneeded before it is removed, as a duration like 90s, 3m or 1h (stock: 10m)."""
+    scale_down_delay_after_add: str = _DEFAULTS.scale_down_delay_after_add
+    """Pause after a scale-up before scale-down is considered again, as a duration like 3m (stock: 10m)."""
+    expander: str = _DEFAULTS.expander
+    """Which node group grows when several fit: least-waste, random, most-pods or priority ("price" works only on
+    GCE)."""
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> ClusterAutoscalerArgs:
@@ -104,7 +118,9 @@ class ClusterAutoscalerArgs:
             cluster_name=config.cluster_name,
             region=config.aws.region,
             kubernetes_version=config.kubernetes_version,
-            settings=config.cluster_autoscaler,
+            scale_down_unneeded_time=config.cluster_autoscaler.scale_down_unneeded_time,
+            scale_down_delay_after_add=config.cluster_autoscaler.scale_down_delay_after_add,
+            expander=config.cluster_autoscaler.expander,
         )
 
     @property
@@ -116,9 +132,9 @@ class ClusterAutoscalerArgs:
         """Flags passed to the autoscaler (the chart renders each as `--key=value`)."""
         return {
             # The stock 10 minutes keeps an idle task node billed long after its last task.
-            "scale-down-unneeded-time": self.settings.scale_down_unneeded_time,
-            "scale-down-delay-after-add": self.settings.scale_down_delay_after_add,
-            "expander": self.settings.expander,
+            "scale-down-unneeded-time": self.scale_down_unneeded_time,
+            "scale-down-delay-after-add": self.scale_down_delay_after_add,
+            "expander": self.expander,
             # Spread a pool across groups of equal instance types, should it ever be split per AZ.
             "balance-similar-node-groups": True,
             # kube-system pods (CoreDNS, metrics-server) have PodDisruptionBudgets; let them move so a
@@ -151,13 +167,18 @@ class ClusterAutoscalerArgs:
 
 
 class ClusterAutoscaler(pulumi.ComponentResource):
-    """The Cluster Autoscaler chart in kube-system with its IRSA role.
+    """The Cluster Autoscaler chart in kube-system with its IRSA role."""
 
-    Outputs:
-    - `role`: the IAM role the autoscaler's service account assumes.
-    - `release`: the Helm release.
-    - `service_account`: "kube-system/cluster-autoscaler".
-    """
+    role_arn: pulumi.Output[str]
+    """The ARN of the IAM role the autoscaler's service account assumes."""
+    release_name: pulumi.Output[str]
+    """The Helm release's name."""
+    service_account: pulumi.Output[str]
+    """The autoscaler's ServiceAccount, "kube-system/cluster-autoscaler"."""
+    role: aws.iam.Role
+    """The IAM role the autoscaler's service account assumes (Python-only)."""
+    release: k8s.helm.v3.Release
+    """The Helm release (Python-only)."""
 
     def __init__(
         self,
@@ -169,7 +190,7 @@ class ClusterAutoscaler(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("airflow-on-k8s:aws:ClusterAutoscaler", name, None, opts)
-        self.service_account = f"{NAMESPACE}/{SERVICE_ACCOUNT}"
+        self.service_account = pulumi.Output.from_input(f"{NAMESPACE}/{SERVICE_ACCOUNT}")
 
         self.role = identity.service_account_role(name, NAMESPACE, SERVICE_ACCOUNT, parent=self)
         account_id = aws.get_caller_identity_output(
@@ -195,4 +216,6 @@ class ClusterAutoscaler(pulumi.ComponentResource):
             provider=k8s_provider,
             parent=self,
         )
-        self.register_outputs({"role_arn": self.role.arn, "release": self.release.name})
+        self.role_arn = self.role.arn
+        self.release_name = self.release.name
+        register_annotated_outputs(self)

@@ -21,7 +21,7 @@ task node billed longer. The `clusterAutoscaler` config section (scale-down time
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pulumi
@@ -29,8 +29,8 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import yaml
 
-from airflow_on_k8s.contract import WorkloadIdentity
-from airflow_on_k8s.config import PROJECT, ConfigError, StackConfig
+from airflow_on_k8s.contract import WorkloadIdentity, register_annotated_outputs
+from airflow_on_k8s.config import PROJECT, ConfigError, GcpConfig, PoolConfig, StackConfig
 from airflow_on_k8s.gcp.workload_identity import GkeWorkloadIdentity, service_account_id
 from airflow_on_k8s.task_pool import TASK_POOL, TaskPoolSelector
 
@@ -60,6 +60,10 @@ MANAGED_DATABASE_APIS: tuple[str, ...] = ("sqladmin.googleapis.com", "servicenet
 # (Google's recommendation for custom node service accounts).
 NODE_OAUTH_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 
+# The stack config's defaults are the args' defaults: a component user gets what a stack file gets.
+_GCP_DEFAULTS = GcpConfig.model_construct()
+_POOL_DEFAULTS = PoolConfig.model_construct()
+
 # GKE places a regional cluster's nodes in three of the region's zones unless told otherwise.
 DEFAULT_ZONE_COUNT = 3
 
@@ -73,38 +77,65 @@ class GkeNodePoolSpec:
     """One node pool's shape. Sizes are pool-wide totals, not per zone."""
 
     machine_type: str
+    """The Compute Engine machine type of every node, e.g. e2-standard-4 (a GKE pool has exactly one)."""
     min_nodes: int
+    """Fewest nodes in the whole pool (0 lets it scale to zero; the system pool needs 1 or more)."""
     max_nodes: int
-    spot: bool
-    disk_size_gb: int
+    """Most nodes in the whole pool GKE's autoscaler may add (at least `min_nodes`, at least 1)."""
+    spot: bool = _POOL_DEFAULTS.spot
+    """Spot VMs: cheaper, but Compute Engine may reclaim a node at 30 seconds' notice; fine for retryable tasks."""
+    disk_size_gb: int = _POOL_DEFAULTS.disk_size_gb
+    """Boot disk size of each node in GiB (pd-balanced)."""
 
 
 @dataclass(frozen=True)
 class GkeClusterArgs:
-    """Everything `GkeCluster` needs; `from_stack` builds it from the stack config and checks what GKE cannot take."""
+    """Everything `GkeCluster` needs; `from_stack` builds it from the stack config and checks what GKE cannot take.
+
+    The defaults are the stack config's (airflow_on_k8s/config.py), so a component user and a stack file get the
+    same cluster for the same settings.
+    """
 
     cluster_name: str
+    """The GKE cluster's name: 1-30 lowercase letters, digits and '-', starting with a letter (the stack config's
+    clusterName rule, which keeps the names derived from it, such as the node service account's, within GCP's
+    limits). Not checked here: `from_stack` input is validated by the stack config."""
     project: str
+    """The Google Cloud project ID."""
     region: str
-    node_zones: tuple[str, ...]
-    subnet_cidr: str
-    pods_cidr: str
-    services_cidr: str
-    private_nodes: bool
-    master_cidr: str
-    # Sources admitted to the API: public egress addresses (public endpoint) or internal ranges (private endpoint).
+    """The region of the regional cluster, e.g. europe-west1."""
     master_authorized_cidrs: tuple[str, ...]
-    # The API only on its internal address; the kubeconfig then points there.
-    private_endpoint: bool
-    release_channel: str
-    autoscaling_profile: str
+    """Who may reach the API (no open default): public egress addresses such as yours as a /32 (public endpoint),
+    or internal ranges (`private_endpoint`)."""
     system_pool: GkeNodePoolSpec
+    """The system node pool: Airflow and the add-ons; starts with one node per zone."""
     task_pool: GkeNodePoolSpec
-    # Deletion protection on the cluster (GKE's flag and Pulumi's protect).
-    protect: bool
-    labels: dict[str, str]
-    # Google APIs to enable before anything else; empty when the project manages its APIs itself.
-    apis: tuple[str, ...] = ()
+    """The task node pool: KubernetesPodOperator pods only (TASK_POOL label and taint); min_nodes 0 scales from zero."""
+    node_zones: tuple[str, ...] = tuple(_GCP_DEFAULTS.node_zones)
+    """Zones of the region for the node pools, e.g. ("europe-west1-b", "europe-west1-c"); empty: GKE's three."""
+    subnet_cidr: str = _GCP_DEFAULTS.subnet_cidr
+    """Primary IPv4 range of the node subnet."""
+    pods_cidr: str = _GCP_DEFAULTS.pods_cidr
+    """Secondary range for pod IPs (VPC-native)."""
+    services_cidr: str = _GCP_DEFAULTS.services_cidr
+    """Secondary range for Service IPs."""
+    private_nodes: bool = _GCP_DEFAULTS.private_nodes
+    """Nodes without public IPs, with egress through Cloud NAT."""
+    master_cidr: str = _GCP_DEFAULTS.master_cidr
+    """The control plane's /28 when nodes are private."""
+    private_endpoint: bool = _GCP_DEFAULTS.private_endpoint
+    """The API only on its internal address (needs `private_nodes`); the kubeconfig then points there."""
+    release_channel: str = _GCP_DEFAULTS.release_channel
+    """GKE release channel: RAPID, REGULAR, STABLE or EXTENDED."""
+    autoscaling_profile: str = _GCP_DEFAULTS.autoscaling_profile
+    """GKE autoscaler profile: OPTIMIZE_UTILIZATION (removes idle nodes sooner) or BALANCED."""
+    protect: bool = False
+    """Deletion protection on the cluster (GKE's flag and Pulumi's protect): true for production."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """GCP labels on every resource (lowercase keys and values; see `gcp_labels`)."""
+    apis: tuple[str, ...] = CLUSTER_APIS
+    """Google APIs to enable before anything else (kept enabled on destroy); empty when the project manages its
+    APIs itself. Add MANAGED_DATABASE_APIS for Cloud SQL."""
 
     @property
     def workload_pool(self) -> str:
@@ -225,28 +256,46 @@ def gke_kubeconfig(endpoint: str, ca_data: str, context: str) -> str:
 
 
 class GkeCluster(pulumi.ComponentResource):
-    """A GKE cluster implementing `KubernetesCluster`.
-
-    Attributes (besides the `KubernetesCluster` contract):
-    - `gcp_provider`: the explicit Google provider every GCP resource here uses; reuse it for more GCP resources.
-    - `project`, `region`: where the cluster lives.
-    - `network_id`, `network_self_link`: the VPC (Cloud SQL with private IP peers with this network).
-    - `subnetwork_self_link`: the nodes' subnet.
-    - `node_service_account_email`: the identity the nodes (not the pods) run as.
-    - `system_node_pool`, `task_node_pool`: the two `gcp.container.NodePool`s.
-    """
+    """A GKE cluster implementing `KubernetesCluster` (airflow_on_k8s/contract.py), plus what components that place
+    GCP resources next to the cluster (e.g. Cloud SQL) need."""
 
     cloud: str = "gcp"
+    """"gcp" (Python-only: the same for every instance)."""
     cluster_name: pulumi.Output[str]
+    """The GKE cluster's name."""
     kubeconfig: pulumi.Output[str]
+    """A kubeconfig for the cluster that authenticates with `gke-gcloud-auth-plugin` (secret)."""
+    project: pulumi.Output[str]
+    """The project the cluster lives in."""
+    region: pulumi.Output[str]
+    """The cluster's region."""
+    network_id: pulumi.Output[str]
+    """The VPC network's ID."""
+    network_self_link: pulumi.Output[str]
+    """The VPC network's self link (Cloud SQL with a private IP peers with it)."""
+    subnetwork_self_link: pulumi.Output[str]
+    """The nodes' subnet."""
+    node_service_account_email: pulumi.Output[str]
+    """The Google service account the nodes (not the pods) run as."""
     provider: k8s.Provider
+    """A Kubernetes provider for the cluster that waits for both node pools (Python-only)."""
     task_pool: TaskPoolSelector
+    """TASK_POOL: the task node pool's label and taint (Python-only)."""
     workload_identity: WorkloadIdentity
+    """GKE Workload Identity: binds a Kubernetes service account to a Google service account (Python-only)."""
+    gcp_provider: gcp.Provider
+    """The explicit Google provider every GCP resource here uses; reuse it for more GCP resources (Python-only)."""
+    enabled_apis: list[pulumi.Resource]
+    """The resources that enable `args.apis`; GCP resources created later should depend on them (Python-only)."""
+    system_node_pool: gcp.container.NodePool
+    """The system node pool (Python-only)."""
+    task_node_pool: gcp.container.NodePool
+    """The task node pool (Python-only)."""
 
     def __init__(self, name: str, args: GkeClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("airflow-on-k8s:cluster:GkeCluster", name, None, opts)
-        self.project = args.project
-        self.region = args.region
+        self.project = pulumi.Output.from_input(args.project)
+        self.region = pulumi.Output.from_input(args.region)
         self.task_pool = TASK_POOL
 
         self.gcp_provider = gcp.Provider(
@@ -257,7 +306,7 @@ class GkeCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         # Kept enabled on destroy: other things in the project may use them.
-        self.enabled_apis: list[pulumi.Resource] = [
+        self.enabled_apis = [
             gcp.projects.Service(
                 f"{name}-api-{api.split('.')[0]}",
                 project=args.project,
@@ -447,16 +496,7 @@ class GkeCluster(pulumi.ComponentResource):
         self.subnetwork_self_link = subnet.self_link
         self.node_service_account_email = node_sa.email
 
-        self.register_outputs(
-            {
-                "cluster_name": self.cluster_name,
-                "kubeconfig": self.kubeconfig,
-                "network_id": self.network_id,
-                "network_self_link": self.network_self_link,
-                "subnetwork_self_link": self.subnetwork_self_link,
-                "node_service_account_email": self.node_service_account_email,
-            }
-        )
+        register_annotated_outputs(self)
 
     def _network(
         self, name: str, args: GkeClusterArgs, opts: pulumi.ResourceOptions

@@ -21,7 +21,7 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from airflow_on_k8s.contract import NoWorkloadIdentity
+from airflow_on_k8s.contract import NoWorkloadIdentity, register_annotated_outputs
 from airflow_on_k8s.config import StackConfig
 from airflow_on_k8s.task_pool import TASK_POOL, TaskPoolSelector
 
@@ -31,8 +31,11 @@ class LocalClusterArgs:
     """Which kubeconfig file and context to use; empty strings mean the user's defaults."""
 
     cluster_name: str
+    """A name for the cluster, reported as `cluster_name` (informational: `context` decides which cluster is used)."""
     context: str = ""
+    """The kubeconfig context to use, e.g. kind-airflow; "" is the kubeconfig's current context."""
     kubeconfig_path: str = ""
+    """Path of the kubeconfig file ("~" is expanded); "" is $KUBECONFIG, else ~/.kube/config, as kubectl does."""
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> LocalClusterArgs:
@@ -53,18 +56,22 @@ def task_pool_node_commands(node: str, selector: TaskPoolSelector = TASK_POOL) -
 
 
 class LocalCluster(pulumi.ComponentResource):
-    """The `KubernetesCluster` contract for an existing cluster (no cloud resources, no cloud identity).
+    """The `KubernetesCluster` contract for an existing cluster (no cloud resources, no cloud identity)."""
 
-    Outputs:
-    - `cloud`: "local".
-    - `cluster_name`: the stack's clusterName (informational; the context decides the real cluster).
-    - `kubeconfig`: the kubeconfig file's text as a secret, or "" when there is no file on this machine.
-    - `provider`: a Kubernetes provider bound to that kubeconfig and context.
-    - `task_pool`: TASK_POOL; label and taint the nodes meant for tasks (see `task_pool_node_commands`).
-    - `workload_identity`: `NoWorkloadIdentity`, so task logs stay in the cluster.
-    """
-
-    cloud = "local"
+    cloud: str = "local"
+    """"local" (Python-only: the same for every instance)."""
+    cluster_name: pulumi.Output[str]
+    """`args.cluster_name` (informational; the context decides the real cluster)."""
+    kubeconfig: pulumi.Output[str]
+    """The kubeconfig file's text as a secret, or "" when there is no file on this machine."""
+    context: pulumi.Output[str]
+    """The kubeconfig context the provider uses; "" is the kubeconfig's current context."""
+    provider: k8s.Provider
+    """A Kubernetes provider bound to that kubeconfig and context (Python-only)."""
+    task_pool: TaskPoolSelector
+    """TASK_POOL; label and taint the nodes meant for tasks, see `task_pool_node_commands` (Python-only)."""
+    workload_identity: NoWorkloadIdentity
+    """`NoWorkloadIdentity`, so task logs stay in the cluster (Python-only)."""
 
     def __init__(self, name: str, args: LocalClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("airflow-on-k8s:local:LocalCluster", name, None, opts)
@@ -80,7 +87,8 @@ class LocalCluster(pulumi.ComponentResource):
             context=args.context or None,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.register_outputs({"clusterName": self.cluster_name, "context": args.context})
+        self.context = pulumi.Output.from_input(args.context)
+        register_annotated_outputs(self)
 
 
 def _read_kubeconfig(path: str) -> str:
