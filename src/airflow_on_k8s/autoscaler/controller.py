@@ -146,6 +146,7 @@ class Controller:
         wanted = set(self.config.queues)
         cancelled = [name for name, s in states.items() if not wanted <= set(s.queues)]
         cancelled = [n for n in cancelled if not any(w.name == n and w.terminating for w in workers)]
+        self.metrics.deaf_workers.set(len(cancelled))
         if cancelled:
             log.info("restoring consumers on %s (left cancelled)", cancelled)
             self.celery.add_consumer([self.hostnames.hostname(n) for n in cancelled], self.config.queues)

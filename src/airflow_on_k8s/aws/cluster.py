@@ -516,6 +516,7 @@ class EksCluster(pulumi.ComponentResource):
         cluster = self._control_plane(name, args, private_subnets, partition)
         self.cluster_name = cluster.name
         self.cluster_security_group_id = cluster.vpc_config.cluster_security_group_id
+        self.cluster_arn = cluster.arn  # the AMP managed collector's source (observability/component.py)
 
         issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
         oidc = aws.iam.OpenIdConnectProvider(
