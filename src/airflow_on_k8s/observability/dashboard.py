@@ -184,7 +184,7 @@ def dashboard(namespace: str = "airflow", task_namespace: str = "airflow-tasks",
         "refresh": "30s",
         "timezone": "browser",
         "annotations": {"list": [{
-            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True, "hide": True,
+            "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True, "hide": True,
             "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard",
         }]},
         "templating": {"list": [
