@@ -333,3 +333,15 @@ def test_cloud_specific_scrapers_on_another_cloud_are_refused_with_the_key():
     cfg = parse_stack_config({"cloud": "local", "observability": {"scrape": "none", "dashboard": False}})
     args = ObservabilityArgs.from_stack(cfg)
     assert (args.scraper, args.dashboard) == ("none", False)
+
+
+def test_the_docs_picture_draws_the_dashboards_panels_from_the_benchmark(tmp_path):
+    from bench.dashboard_picture import render as draw
+
+    out = tmp_path / "dashboard.png"
+    titles = draw(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    panel_titles = [p["title"] for p in dashboard()["panels"]]
+    assert all(any(t.startswith(p) for p in panel_titles) for t in titles)
+    assert any("(real run)" in t for t in titles)
+    assert "docs/dashboard.png" in (REPO / "docs" / "observability.md").read_text()
