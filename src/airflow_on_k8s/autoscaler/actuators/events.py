@@ -42,6 +42,7 @@ log = logging.getLogger("airflow_on_k8s.autoscaler.events")
 
 COMPONENT = "worker-autoscaler"  # source.component / reportingComponent
 NORMAL, WARNING = "Normal", "Warning"
+MAX_MESSAGE = 1024
 
 # client-go tools/record/events_cache.go defaults.
 LRU_CACHE_ENTRIES = 4096  # maxLruCacheEntries
@@ -262,7 +263,10 @@ class DecisionEvents:
 
     def _emit(self, type_: str, reason: str, message: str) -> None:
         if self.recorder is not None:
-            self.recorder.event(type_, reason, message)
+            # Keep a message (which lists queues and pods) within what `kubectl describe` shows in one line and
+            # well under the API server's 1 MiB object limit.
+            self.recorder.event(type_, reason, message if len(message) <= MAX_MESSAGE else
+                                message[:MAX_MESSAGE - 3] + "...")
 
     def decided(self, current: int, decision: Any, loads: Sequence[Any], busy: int) -> None:
         """After the policy decided (and the replicas were raised, for a scale-up)."""
