@@ -35,8 +35,8 @@ from airflow_on_k8s.observability.rules import RuleArgs, rule_groups
 
 TYPE = "airflow-on-k8s:observability:Observability"
 NAME = f"{RELEASE}-worker-scaling"  # the objects' Kubernetes name
-# The grafana chart's dashboard sidecar default (values.yaml `sidecar.dashboards.label: grafana_dashboard`,
-# `labelValue: "1"`), unchanged by kube-prometheus-stack.
+# The Grafana sidecar's label: the grafana chart's values.yaml has `sidecar.dashboards.label: grafana_dashboard`
+# with `labelValue: ""` (any value), and kube-prometheus-stack's values set `labelValue: "1"`.
 GRAFANA_DASHBOARD_LABEL = {"grafana_dashboard": "1"}
 STATSD_POD_LABELS = {"tier": "airflow", "component": exporters.STATSD_COMPONENT_LABEL, "release": RELEASE}
 LABELS = {"app.kubernetes.io/name": "worker-scaling-observability", "app.kubernetes.io/part-of": RELEASE}

@@ -3,8 +3,8 @@
 - dashboards/airflow-worker-scaling.json in the repository, for import by hand (a test checks it is current;
   regenerate with `python -m airflow_on_k8s.observability.dashboard --write`);
 - a ConfigMap labelled `grafana_dashboard: "1"`, which the Grafana sidecar of kube-prometheus-stack loads
-  (the grafana chart's values: `sidecar.dashboards.label: grafana_dashboard`, `labelValue: "1"`, which
-  kube-prometheus-stack keeps), from the Observability component.
+  (grafana chart values.yaml: `sidecar.dashboards.label: grafana_dashboard`, `labelValue: ""` = any value;
+  kube-prometheus-stack's values: `labelValue: "1"`), from the Observability component.
 
 Panels: the seed's view first (worker replicas against queued and running tasks per queue), then what the
 autoscaler decided and why, the drains, errors, the task pool (kube-state-metrics) and Airflow's scheduler
