@@ -316,6 +316,7 @@ def test_gcp_stacks_use_managed_prometheus_and_aws_stacks_amp():
         if r.type == "kubernetes:monitoring.googleapis.com/v1:PodMonitoring":
             spec = manifest(r.inputs)["spec"]
             assert spec["endpoints"][0]["port"] in ("metrics", exporters.STATSD_SCRAPE_PORT)
+            assert "pod" in spec["targetLabels"]["metadata"]  # the leader join is on (namespace, pod)
     aws = program_run("aws-dev")
     types = {r.type for r in aws.resources}
     assert {"aws:amp/workspace:Workspace", "aws:amp/ruleGroupNamespace:RuleGroupNamespace",
@@ -325,6 +326,10 @@ def test_gcp_stacks_use_managed_prometheus_and_aws_stacks_amp():
     scraper = aws.one("aws:amp/scraper:Scraper").inputs
     config = yaml.safe_load(scraper["scrapeConfiguration"])
     assert {j["job_name"] for j in config["scrape_configs"]} == {"worker-autoscaler", "airflow-statsd"}
+    for job in config["scrape_configs"]:  # the labels the leader join needs
+        assert {r.get("target_label") for r in job["relabel_configs"]} >= {"namespace", "pod"}
+    [entry] = [e for e in aws.by_type("aws:eks/accessEntry:AccessEntry") if e.parent.startswith(TYPE)]
+    assert entry.inputs["userName"] == "aps-collector-user"
 
 
 def test_cloud_specific_scrapers_on_another_cloud_are_refused_with_the_key():

@@ -41,6 +41,9 @@ GRAFANA_DASHBOARD_LABEL = {"grafana_dashboard": "1"}
 STATSD_POD_LABELS = {"tier": "airflow", "component": exporters.STATSD_COMPONENT_LABEL, "release": RELEASE}
 LABELS = {"app.kubernetes.io/name": "worker-scaling-observability", "app.kubernetes.io/part-of": RELEASE}
 SCRAPE_INTERVAL = "30s"
+# GMP names a target by namespace and instance; the queries join the autoscaler's gauges to its leader gauge
+# on (namespace, pod), so ask for the pod label explicitly (PodMonitoring spec.targetLabels.metadata).
+GMP_TARGET_LABELS = {"metadata": ["pod", "container"]}
 AMP_COLLECTOR_USER = "aps-collector-user"  # the user name the AMP user guide's RBAC binds
 
 
@@ -169,7 +172,8 @@ class Observability(pulumi.ComponentResource):
                     api_version="monitoring.googleapis.com/v1", kind="PodMonitoring",
                     metadata=meta(f"{NAME}-autoscaler"),
                     spec={"selector": {"matchLabels": POD_LABELS},
-                          "endpoints": [{"port": "metrics", "path": "/metrics", "interval": SCRAPE_INTERVAL}]},
+                          "endpoints": [{"port": "metrics", "path": "/metrics", "interval": SCRAPE_INTERVAL}],
+                          "targetLabels": GMP_TARGET_LABELS},
                     opts=child,
                 )
             if args.airflow_metrics:
@@ -179,7 +183,8 @@ class Observability(pulumi.ComponentResource):
                     metadata=meta(f"{NAME}-statsd"),
                     spec={"selector": {"matchLabels": STATSD_POD_LABELS},
                           "endpoints": [{"port": exporters.STATSD_SCRAPE_PORT, "path": "/metrics",
-                                         "interval": SCRAPE_INTERVAL}]},
+                                         "interval": SCRAPE_INTERVAL}],
+                          "targetLabels": GMP_TARGET_LABELS},
                     opts=child,
                 )
             if args.alerts:
