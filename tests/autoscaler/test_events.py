@@ -250,3 +250,21 @@ def test_a_hold_is_told_once_per_situation_not_every_poll(clock):
     c.run_once()
     assert local.events[-1][2].startswith("kept 3 replicas, load needs 0: hold: database unreachable")
     assert len(local.events) == 2
+
+
+def test_the_controllers_decisions_reach_the_api_server_as_events_on_the_deployment(kube, clock):
+    load, workers = Load(queued=3), Workers(1)
+    recorder = KubernetesEventRecorder(kube.api_client(), "airflow", "airflow-worker", host="autoscaler-0",
+                                       clock=clock, wall_clock=clock.wall)
+    c = Controller(ScalingPolicy(PolicyConfig(worker_concurrency=2)), load, workers, workers, Lock(),
+                   ControllerConfig(drain_settle_s=0, removal_wait_s=0), clock=clock, wall_clock=clock,
+                   stop=threading.Event(), events=DecisionEvents(recorder))
+    c.run_once()
+    [event] = kube.events.values()
+    assert (event["reason"], event["involvedObject"]["name"], event["involvedObject"]["uid"]) == (
+        "ScaledUp", "airflow-worker", DEPLOYMENT_UID)
+    assert "queued 3, running 0" in event["message"]
+    kube.down = True  # the API server is unreachable: the decision stands, the event is only logged
+    load.loads = (QueueLoad("default", 7, 0),)
+    clock.t += 10
+    assert c.run_once().desired_replicas == 4 and workers.replicas == 4
