@@ -268,3 +268,14 @@ def test_the_controllers_decisions_reach_the_api_server_as_events_on_the_deploym
     load.loads = (QueueLoad("default", 7, 0),)
     clock.t += 10
     assert c.run_once().desired_replicas == 4 and workers.replicas == 4
+
+
+def test_replicas_lowered_without_a_named_pod_are_a_scale_down_event(clock):
+    local = LocalEventRecorder(clock)
+    events = DecisionEvents(local)
+    from airflow_on_k8s.autoscaler.policy import Decision
+
+    decision = Decision(2, 2, "scale down: load needs 2 workers")
+    events.scaled_down(3, [], None, decision, (QueueLoad("default", 0, 3),), 2, lowered=True)
+    events.scaled_down(3, [], None, decision, (QueueLoad("default", 0, 3),), 2)  # nothing happened: no event
+    assert [(r, m.split(":")[0]) for _, r, m, _ in local.events] == [("ScaledDown", "replicas 3 -> 2")]

@@ -288,12 +288,16 @@ class DecisionEvents:
             self._last_hold = None
 
     def scaled_down(self, current: int, removed: Sequence[str], aborted: str | None, decision: Any,
-                    loads: Sequence[Any], busy: int) -> None:
-        """After a scale-down attempt: the workers removed, or why none was."""
+                    loads: Sequence[Any], busy: int, lowered: bool = False) -> None:
+        """After a scale-down attempt: the workers removed (or replicas `lowered` without naming a pod, e.g.
+        surplus replicas whose pods never started), or why none was."""
         self._last_hold = None
         numbers = _numbers(loads, decision.desired_replicas, busy)
         if removed:
             self._emit(NORMAL, "ScaledDown", f"replicas {current} -> {current - len(removed)}: removed drained "
                                              f"{', '.join(removed)}; {decision.reason} ({numbers})")
+        elif lowered:
+            self._emit(NORMAL, "ScaledDown", f"replicas {current} -> {decision.desired_replicas}: "
+                                             f"{decision.reason} ({numbers})")
         elif aborted:
             self._emit(WARNING, "ScaleDownAborted", f"kept {current} replicas: {aborted} ({numbers})")
