@@ -317,6 +317,8 @@ def test_gcp_stacks_use_managed_prometheus_and_aws_stacks_amp():
             spec = manifest(r.inputs)["spec"]
             assert spec["endpoints"][0]["port"] in ("metrics", exporters.STATSD_SCRAPE_PORT)
             assert "pod" in spec["targetLabels"]["metadata"]  # the leader join is on (namespace, pod)
+    [cluster] = gcp.by_type("gcp:container/cluster:Cluster")
+    assert cluster.inputs["monitoringConfig"]["managedPrometheus"] == {"enabled": True}
     aws = program_run("aws-dev")
     types = {r.type for r in aws.resources}
     assert {"aws:amp/workspace:Workspace", "aws:amp/ruleGroupNamespace:RuleGroupNamespace",
