@@ -147,6 +147,7 @@ class Workers:
     def __init__(self, replicas: int):
         self.replicas = replicas
         self.busy: set[str] = set()
+        self.deaf: set[str] = set()  # consume none of the queues
         self.removed: list[str] = []
         self.load_during_drain: Load | None = None
 
@@ -175,7 +176,8 @@ class Workers:
 
     # Celery
     def snapshot(self, hosts):
-        return {h: WorkerState(h, (CeleryTask("t", "task", 0.0),) if hosts[h] in self.busy else (), (), ("default",)) for h in hosts}
+        return {h: WorkerState(h, (CeleryTask("t", "task", 0.0),) if hosts[h] in self.busy else (), (),
+                               () if hosts[h] in self.deaf else ("default",)) for h in hosts}
 
     def cancel_consumer(self, hosts, queues):
         return set(hosts)
@@ -279,3 +281,15 @@ def test_replicas_lowered_without_a_named_pod_are_a_scale_down_event(clock):
     events.scaled_down(3, [], None, decision, (QueueLoad("default", 0, 3),), 2, lowered=True)
     events.scaled_down(3, [], None, decision, (QueueLoad("default", 0, 3),), 2)  # nothing happened: no event
     assert [(r, m.split(":")[0]) for _, r, m, _ in local.events] == [("ScaledDown", "replicas 3 -> 2")]
+
+
+def test_workers_consuming_none_of_their_queues_are_counted_for_the_alert(clock):
+    load, workers = Load(queued=2), Workers(2)
+    workers.deaf = {"w-2"}
+    c, _ = controller(load, workers, clock, PolicyConfig(worker_concurrency=2))
+    c.run_once()
+    assert c.metrics.deaf_workers._value.get() == 1
+    workers.deaf = set()
+    clock.t += 10
+    c.run_once()
+    assert c.metrics.deaf_workers._value.get() == 0
