@@ -352,3 +352,96 @@ def test_the_docs_picture_draws_the_dashboards_panels_from_the_benchmark(tmp_pat
     assert all(any(t.startswith(p) for p in panel_titles) for t in titles)
     assert any("(real run)" in t for t in titles)
     assert "docs/dashboard.png" in (REPO / "docs" / "observability.md").read_text()
+
+
+# --- the alerts fire on the series they watch (promtool test rules) ------------------------------------------
+
+PROMTOOL = "github.com/prometheus/prometheus/cmd/promtool@v0.316.0"
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """Prometheus' own rule tester: on PATH, in the Go bin dir, or built once with `go install` (minutes)."""
+    found = shutil.which("promtool") or next(
+        (str(p) for p in [Path.home() / "go" / "bin" / "promtool"] if p.is_file()), None)
+    if found:
+        return found
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no promtool and no Go toolchain to build it")
+    out = subprocess.run([go, "install", PROMTOOL], capture_output=True, text=True, timeout=1800, cwd="/tmp")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return str(Path(subprocess.check_output([go, "env", "GOPATH"], text=True).strip()) / "bin" / "promtool")
+
+
+def _expected(rule: dict, labels: dict[str, str]) -> dict:
+    annotations = {k: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], v)
+                   for k, v in rule["annotations"].items()}
+    return {"exp_labels": {**labels, **rule["labels"]}, "exp_annotations": annotations}
+
+
+def test_the_alerts_fire_on_the_series_they_watch_and_not_otherwise(promtool, tmp_path):
+    cfg = parse_stack_config({"cloud": "local", "scaling": {"maxWorkers": 3}, "taskPool": {"maxSize": 2},
+                              "observability": {"queuedAlertMinutes": 15}})
+    groups = rule_groups(ObservabilityArgs.from_stack(cfg).rules)
+    rules = {r["alert"]: r for r in groups[0]["rules"]}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    ns, pod_a, pod_b = 'namespace="airflow"', 'pod="autoscaler-a"', 'pod="autoscaler-b"'
+    leader = "airflow_worker_autoscaler_leader"
+
+    def case(series: dict[str, str], alert: str, at: str, fired: list[dict[str, str]]) -> dict:
+        return {"interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                "alert_rule_test": [{"eval_time": at, "alertname": alert,
+                                     "exp_alerts": [_expected(rules[alert], labels) for labels in fired]}]}
+
+    tests = [
+        case({f"{leader}{{{ns},{pod_a}}}": "0x20", f"{leader}{{{ns},{pod_b}}}": "0x20"},
+             "AirflowWorkerAutoscalerNoLeader", "6m", [{}]),
+        case({f"{leader}{{{ns},{pod_a}}}": "1x20", f"{leader}{{{ns},{pod_b}}}": "0x20"},
+             "AirflowWorkerAutoscalerNoLeader", "6m", []),
+        case({f'airflow_worker_autoscaler_errors_total{{{ns},{pod_a},source="celery"}}': "0+2x40"},
+             "AirflowWorkerAutoscalerErrors", "25m", [{"source": "celery"}]),
+        case({f'airflow_worker_autoscaler_errors_total{{{ns},{pod_a},source="celery"}}': "0+0x40"},
+             "AirflowWorkerAutoscalerErrors", "25m", []),
+        case({f'airflow_worker_autoscaler_aborted_drains_total{{{ns},{pod_a},reason="{DRAIN_TIMEOUT_REASON}"}}':
+              "0 0 0 1 1 1 1 1"}, "AirflowWorkerDrainsTimingOut", "5m", [{}]),
+        case({f'airflow_worker_autoscaler_aborted_drains_total{{{ns},{pod_a},reason="load rose"}}': "0 0 0 1 1 1"},
+             "AirflowWorkerDrainsTimingOut", "5m", []),
+        # A standby's stale deaf count does not page; the leader's does.
+        case({f"{leader}{{{ns},{pod_a}}}": "1x20", f"{leader}{{{ns},{pod_b}}}": "0x20",
+              f"airflow_worker_autoscaler_deaf_workers{{{ns},{pod_a}}}": "1x20",
+              f"airflow_worker_autoscaler_deaf_workers{{{ns},{pod_b}}}": "0x20"},
+             "AirflowWorkerConsumesNoQueue", "7m", [{}]),
+        case({f"{leader}{{{ns},{pod_a}}}": "1x20", f"{leader}{{{ns},{pod_b}}}": "0x20",
+              f"airflow_worker_autoscaler_deaf_workers{{{ns},{pod_a}}}": "0x20",
+              f"airflow_worker_autoscaler_deaf_workers{{{ns},{pod_b}}}": "2x20"},
+             "AirflowWorkerConsumesNoQueue", "7m", []),
+        case({f"{leader}{{{ns},{pod_a}}}": "1x30",
+              f'airflow_worker_autoscaler_queued_tasks{{{ns},{pod_a},queue="default"}}': "3x30"},
+             "AirflowTasksQueuedTooLong", "20m", [{}]),
+        case({f"{leader}{{{ns},{pod_a}}}": "1x30",
+              f'airflow_worker_autoscaler_queued_tasks{{{ns},{pod_a},queue="default"}}': "3x10 0 3x19"},
+             "AirflowTasksQueuedTooLong", "20m", []),
+        case({'kube_node_labels{node="n1",label_airflow_on_k8s_pool="tasks"}': "1x20",
+              'kube_node_labels{node="n2",label_airflow_on_k8s_pool="tasks"}': "1x20",
+              'kube_pod_status_phase{namespace="airflow-tasks",pod="kpo-1",phase="Pending"}': "1x20"},
+             "AirflowTaskPoolAtMaximum", "12m", [{}]),
+        case({'kube_node_labels{node="n1",label_airflow_on_k8s_pool="tasks"}': "1x20",
+              'kube_pod_status_phase{namespace="airflow-tasks",pod="kpo-1",phase="Pending"}': "1x20"},
+             "AirflowTaskPoolAtMaximum", "12m", []),
+        case({'kube_deployment_spec_replicas{namespace="airflow",deployment="airflow-worker"}': "3x20",
+              f"{leader}{{{ns},{pod_a}}}": "1x20",
+              f'airflow_worker_autoscaler_queued_tasks{{{ns},{pod_a},queue="default"}}': "4x20"},
+             "AirflowWorkersAtMaxWhileTasksWait", "12m", [{}]),
+        case({'kube_deployment_spec_replicas{namespace="airflow",deployment="airflow-worker"}': "2x20",
+              f"{leader}{{{ns},{pod_a}}}": "1x20",
+              f'airflow_worker_autoscaler_queued_tasks{{{ns},{pod_a},queue="default"}}': "4x20"},
+             "AirflowWorkersAtMaxWhileTasksWait", "12m", []),
+    ]
+    assert {t["alert_rule_test"][0]["alertname"] for t in tests} == set(rules)
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(
+        {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}, sort_keys=False))
+    out = subprocess.run([promtool, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
