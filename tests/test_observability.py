@@ -8,6 +8,8 @@
   (observability/exporters.py, with the upstream citation).
 - The PrometheusRule, PodMonitor and ServiceMonitor objects validate against the prometheus-operator CRDs'
   OpenAPI schemas (read from the Go module cache, `go mod download`ed on first use, never committed).
+- Every alert fires on the series it watches, and a near miss does not page: Prometheus' `promtool test rules`
+  (on PATH, in ~/go/bin, or built once with `go install`).
 - Each alert's runbook_url points at a section of docs/runbooks.md.
 - What each stack's program creates (Pulumi mocks): the local preview lists the dashboard ConfigMap and rules.
 """
