@@ -16,6 +16,7 @@ from airflow_on_k8s.autoscaler.actuators.events import (
     AGGREGATE_PREFIX,
     SPAM_BURST,
     SPAM_QPS,
+    UID_REFRESH_S,
     DecisionEvents,
     KubernetesEventRecorder,
     LocalEventRecorder,
@@ -57,7 +58,7 @@ def recorder(kube, clock) -> KubernetesEventRecorder:
                                    clock=clock, wall_clock=clock.wall)
 
 
-def test_an_event_is_a_core_v1_event_on_the_deployment_with_its_uid(kube, recorder):
+def test_an_event_is_a_core_v1_event_on_the_deployment_with_its_uid(kube, recorder, clock):
     recorder.event("Normal", "ScaledUp", "replicas 1 -> 3: scale up (queued 5, running 1; desired 3, busy 1)")
     [event] = kube.events.values()
     assert event["involvedObject"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "airflow-worker",
@@ -67,9 +68,15 @@ def test_an_event_is_a_core_v1_event_on_the_deployment_with_its_uid(kube, record
     assert event["firstTimestamp"] == event["lastTimestamp"] == "2026-11-27T12:00:00Z"
     assert event["source"] == {"component": "worker-autoscaler", "host": "autoscaler-abc"}
     assert event["metadata"]["name"].startswith("airflow-worker.")
-    # The uid comes from the scale subresource (already granted), read once.
-    assert [(r.method, r.path) for r in kube.requests] == [
-        ("GET", "/apis/apps/v1/namespaces/airflow/deployments/airflow-worker/scale"), ("POST", EVENTS)]
+    # The uid comes from the scale subresource (already granted), read once, then again after a while (a
+    # re-created Deployment has a new one).
+    scale = ("GET", "/apis/apps/v1/namespaces/airflow/deployments/airflow-worker/scale")
+    assert [(r.method, r.path) for r in kube.requests] == [scale, ("POST", EVENTS)]
+    recorder.event("Normal", "ScaledUp", "another")
+    assert [(r.method, r.path) for r in kube.requests][2:] == [("POST", EVENTS)]
+    clock.t += UID_REFRESH_S + 1
+    recorder.event("Normal", "ScaledUp", "much later")
+    assert [(r.method, r.path) for r in kube.requests][3:] == [scale, ("POST", EVENTS)]
 
 
 def test_the_same_event_again_bumps_the_count_of_the_first(kube, recorder, clock):

@@ -43,6 +43,7 @@ log = logging.getLogger("airflow_on_k8s.autoscaler.events")
 COMPONENT = "worker-autoscaler"  # source.component / reportingComponent
 NORMAL, WARNING = "Normal", "Warning"
 MAX_MESSAGE = 1024
+UID_REFRESH_S = 600.0
 
 # client-go tools/record/events_cache.go defaults.
 LRU_CACHE_ENTRIES = 4096  # maxLruCacheEntries
@@ -167,16 +168,20 @@ class KubernetesEventRecorder:
         self._wall = wall_clock
         self.correlator = correlator or EventCorrelator(clock)
         self.timeout = request_timeout_s
+        self._clock = clock
         self._uid: str | None = None
+        self._uid_read_at = float("-inf")
 
     def _deployment_uid(self) -> str | None:
-        # The Scale object's metadata is the Deployment's (uid included): deployments/scale get is already
-        # granted for the actuator, so no `deployments get` is needed.
-        if self._uid is None:
+        # The Scale object's metadata is the Deployment's, uid included (kubernetes
+        # pkg/registry/apps/deployment/storage/storage.go `scaleFromDeployment`): deployments/scale get is
+        # already granted for the actuator, so no `deployments get` is needed. Read again now and then: a
+        # Deployment deleted and re-created (helm uninstall/install) has a new uid.
+        if self._uid is None or self._clock() - self._uid_read_at > UID_REFRESH_S:
             try:
                 scale = self._apps.read_namespaced_deployment_scale(
                     self.deployment, self.namespace, _request_timeout=self.timeout)
-                self._uid = scale.metadata.uid or None
+                self._uid, self._uid_read_at = scale.metadata.uid or None, self._clock()
             except Exception as err:  # noqa: BLE001 (events are best effort)
                 log.warning("cannot read the uid of deployment %s: %s", self.deployment, err)
         return self._uid
