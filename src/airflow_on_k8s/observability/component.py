@@ -41,8 +41,9 @@ GRAFANA_DASHBOARD_LABEL = {"grafana_dashboard": "1"}
 STATSD_POD_LABELS = {"tier": "airflow", "component": exporters.STATSD_COMPONENT_LABEL, "release": RELEASE}
 LABELS = {"app.kubernetes.io/name": "worker-scaling-observability", "app.kubernetes.io/part-of": RELEASE}
 SCRAPE_INTERVAL = "30s"
-# GMP names a target by namespace and instance; the queries join the autoscaler's gauges to its leader gauge
-# on (namespace, pod), so ask for the pod label explicitly (PodMonitoring spec.targetLabels.metadata).
+# The queries join the autoscaler's gauges to its leader gauge on (namespace, pod). GMP's PodMonitoring CRD
+# (GoogleCloudPlatform/prometheus-engine charts/operator/crds/monitoring.googleapis.com_podmonitorings.yaml):
+# targetLabels.metadata "Defaults to [pod, container] for PodMonitoring"; stated, so the join cannot lose it.
 GMP_TARGET_LABELS = {"metadata": ["pod", "container"]}
 AMP_COLLECTOR_USER = "aps-collector-user"  # the user name the AMP user guide's RBAC binds
 
