@@ -25,10 +25,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from airflow_on_k8s.airflow.component import RELEASE, Airflow
+from airflow_on_k8s.airflow.component import RELEASE, WORKER_DEPLOYMENT, Airflow
 from airflow_on_k8s.airflow.worker_autoscaler import METRICS_PORT, POD_LABELS, WorkerAutoscaler
 from airflow_on_k8s.config import StackConfig
-from airflow_on_k8s.contract import KubernetesCluster
+from airflow_on_k8s.contract import KubernetesCluster, register_annotated_outputs
 from airflow_on_k8s.observability import exporters
 from airflow_on_k8s.observability.dashboard import FILE_NAME, dashboard, render
 from airflow_on_k8s.observability.rules import RuleArgs, rule_groups
@@ -50,21 +50,29 @@ AMP_COLLECTOR_USER = "aps-collector-user"  # the user name the AMP user guide's 
 
 @dataclass(frozen=True)
 class ObservabilityArgs:
+    """The stack's `observability` switches, resolved for its cloud and scaling mode."""
+
     cluster_name: str
-    scraper: str  # prometheus-operator | google-managed | amazon-managed | none
+    """Prefix of the cloud resources' names (the AMP workspace and collector aliases)."""
+    scraper: str
+    """Who scrapes: prometheus-operator, google-managed, amazon-managed or none (`observability.scrape` with
+    auto resolved)."""
     airflow_metrics: bool
+    """Add a scrape target for the Airflow chart's StatsD exporter."""
     dashboard: bool
+    """Create the dashboard ConfigMap for the Grafana sidecar."""
     dashboard_namespace: str
+    """The dashboard ConfigMap's namespace."""
     alerts: bool
+    """Create the alerting rules for the scraper (PrometheusRule, GMP Rules or an AMP rule group namespace)."""
     monitor_labels: dict[str, str]
+    """Labels on the Prometheus Operator objects, for the operator's selectors."""
     rules: RuleArgs
-    task_aware: bool
+    """The alerts' namespaces and thresholds."""
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> ObservabilityArgs:
         o, a, s = config.observability, config.airflow, config.scaling
-        from airflow_on_k8s.airflow.component import WORKER_DEPLOYMENT
-
         task_aware = s.mode == "task-aware"
         return cls(
             cluster_name=config.cluster_name,
@@ -74,7 +82,6 @@ class ObservabilityArgs:
             dashboard_namespace=o.dashboard_namespace or a.namespace,
             alerts=o.alerts,
             monitor_labels=dict(o.monitor_labels),
-            task_aware=task_aware,
             rules=RuleArgs(
                 namespace=a.namespace, task_namespace=a.task_namespace, worker_deployment=WORKER_DEPLOYMENT,
                 task_aware=task_aware, max_workers=s.max_workers, task_pool_max_nodes=config.task_pool.max_size,
@@ -87,7 +94,7 @@ def scrape_config(namespace: str, autoscaler: bool, statsd: bool) -> dict[str, A
     """A Prometheus scrape configuration for the AMP collector: pods of the two exporters, by label and port."""
 
     def job(name: str, labels: dict[str, str], port: str) -> dict[str, Any]:
-        keep = [{"source_labels": [f"__meta_kubernetes_pod_label_{exporters.kube_state_metrics_label(k)[6:]}"],
+        keep = [{"source_labels": [f"__meta_kubernetes_pod_label_{exporters.sanitized_label_name(k)}"],
                  "regex": v, "action": "keep"} for k, v in sorted(labels.items())]
         return {
             "job_name": name,
@@ -108,18 +115,20 @@ def scrape_config(namespace: str, autoscaler: bool, statsd: bool) -> dict[str, A
 
 
 class Observability(pulumi.ComponentResource):
-    """Scrape targets, the Grafana dashboard ConfigMap and the alerting rules for worker scaling.
+    """Scrape targets, the Grafana dashboard ConfigMap and the alerting rules for worker scaling."""
 
-    Outputs: `dashboard_configmap` (namespace/name or None), `amp_workspace_id` (amazon-managed only).
-    """
+    dashboard_configmap: pulumi.Output[str]
+    """`namespace/name` of the dashboard ConfigMap; empty when observability.dashboard is off."""
+    amp_workspace_id: pulumi.Output[str]
+    """The Amazon Managed Service for Prometheus workspace's id; empty unless scrape is amazon-managed."""
 
     def __init__(self, name: str, args: ObservabilityArgs, cluster: KubernetesCluster, airflow: Airflow,
                  autoscaler: WorkerAutoscaler | None, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self, provider=cluster.provider, depends_on=[airflow.release])
         namespace = args.rules.namespace
-        self.dashboard_configmap = None
-        self.amp_workspace_id = None
+        self.dashboard_configmap = pulumi.Output.from_input("")
+        self.amp_workspace_id = pulumi.Output.from_input("")
 
         def meta(object_name: str, ns: str = namespace, labels: dict[str, str] | None = None) -> dict[str, Any]:
             return {"name": object_name, "namespace": ns, "labels": {**LABELS, **(labels or {})}}
@@ -132,7 +141,7 @@ class Observability(pulumi.ComponentResource):
                 data={FILE_NAME: render(model)},
                 opts=child,
             )
-            self.dashboard_configmap = f"{args.dashboard_namespace}/{NAME}-dashboard"
+            self.dashboard_configmap = pulumi.Output.from_input(f"{args.dashboard_namespace}/{NAME}-dashboard")
 
         groups = rule_groups(args.rules)
         scrape_autoscaler = autoscaler is not None
@@ -199,7 +208,7 @@ class Observability(pulumi.ComponentResource):
         elif args.scraper == "amazon-managed":
             self.amp_workspace_id = self._amazon_managed(name, args, cluster, groups, scrape_autoscaler, meta, child)
 
-        self.register_outputs({"dashboardConfigMap": self.dashboard_configmap, "ampWorkspaceId": self.amp_workspace_id})
+        register_annotated_outputs(self)
 
     def _amazon_managed(self, name, args, cluster, groups, scrape_autoscaler, meta, child):  # noqa: ANN001, ANN202
         import pulumi_aws as aws

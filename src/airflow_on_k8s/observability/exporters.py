@@ -50,9 +50,15 @@ STATSD_SCRAPE_PORT = "statsd-scrape"
 STATSD_COMPONENT_LABEL = "statsd"
 
 
+def sanitized_label_name(kubernetes_label_key: str) -> str:
+    """A Kubernetes label key as a Prometheus label name: every character outside [a-zA-Z0-9_] becomes `_` (as
+    kube-state-metrics and Prometheus' Kubernetes service discovery both do)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", kubernetes_label_key)
+
+
 def kube_state_metrics_label(kubernetes_label_key: str) -> str:
     """The label kube-state-metrics gives a Kubernetes label key on `kube_<object>_labels`."""
-    return "label_" + re.sub(r"[^a-zA-Z0-9_]", "_", kubernetes_label_key)
+    return "label_" + sanitized_label_name(kubernetes_label_key)
 
 
 TASK_POOL_NODE_LABEL = kube_state_metrics_label(TASK_POOL.label_key)

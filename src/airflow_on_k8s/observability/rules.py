@@ -26,14 +26,24 @@ DRAIN_TIMEOUT_REASON = "drain timeout"
 
 @dataclass(frozen=True)
 class RuleArgs:
+    """What the alerts' expressions and thresholds depend on."""
+
     namespace: str
+    """The Airflow namespace: the autoscaler's series and the worker Deployment are there."""
     task_namespace: str
+    """Where KubernetesPodOperator pods run (pending ones count against the task pool)."""
     worker_deployment: str
-    task_aware: bool  # the autoscaler runs (scaling.mode task-aware): its metrics exist
+    """The Celery worker Deployment's name."""
+    task_aware: bool
+    """The autoscaler runs (scaling.mode task-aware), so its metrics exist and its alerts apply."""
     max_workers: int
+    """scaling.maxWorkers: the worker count at which waiting tasks page."""
     task_pool_max_nodes: int
+    """taskPool.maxSize: the node count at which pending task pods page."""
     queued_minutes: int
+    """observability.queuedAlertMinutes: how long the queues may stay non-empty."""
     runbook_base_url: str = RUNBOOKS
+    """Where runbook_url points; each alert adds its #anchor."""
 
 
 def _alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str,
