@@ -38,7 +38,8 @@ from airflow_on_k8s.airflow.component import (
 from airflow_on_k8s.config import parse_stack_config
 from airflow_on_k8s.task_pool import TASK_POOL
 from airflow_on_k8s.versions import AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG
-from tests.autoscaler.fake_kube import FakeKube, pod
+from tests.autoscaler.fake_kube import pod
+from tests.autoscaler.fake_kube_events import FakeKubeWithEvents
 from tests.conftest import program_run
 from tests.test_addons import stack_config
 from tests.test_k8s_schema import manifest
@@ -313,6 +314,7 @@ def test_role_is_exact_named_and_bound_to_the_pods_service_account(run):
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [component.LEASE], "verbs": ["get", "update"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     ]
     for rule in rules:
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
@@ -359,7 +361,7 @@ def test_role_allows_every_call_the_real_controller_makes_and_grants_nothing_unu
 
     settings = parsed_settings(run)
     rules = objects(run)["Role"]["rules"]
-    kube = FakeKube(
+    kube = FakeKubeWithEvents(
         namespace=settings.namespace,
         replicas={settings.deployment: 2},
         pods={name: pod(name, labels=dict(WORKER_POD_LABELS)) for name in ("airflow-worker-a", "airflow-worker-b")},
@@ -380,6 +382,10 @@ def test_role_allows_every_call_the_real_controller_makes_and_grants_nothing_unu
     actuator.clear_marks(["airflow-worker-b"])
     actuator.mark_for_removal(["airflow-worker-b"])
     actuator.remove(["airflow-worker-b"])
+    # A decision's event, then the same again (its count is patched).
+    controller.events.recorder.event("Normal", "ScaledDown", "replicas 3 -> 2")
+    controller.events.recorder.event("Normal", "ScaledDown", "replicas 3 -> 2")
+    assert [e["count"] for e in kube.events.values()] == [2]
     lease.release()
 
     used: set[tuple[int, str]] = set()

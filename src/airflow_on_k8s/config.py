@@ -558,6 +558,46 @@ _DEFAULT_INSTANCE_TYPES: dict[str, dict[str, list[str]]] = {
 }
 
 
+class ObservabilityConfig(_Model):
+    """Metrics scraping, the Grafana dashboard and alerts for worker scaling (airflow_on_k8s/observability/)."""
+
+    scrape: Literal["auto", "prometheus-operator", "google-managed", "amazon-managed", "none"] = "auto"
+    """Who scrapes the autoscaler and Airflow's StatsD exporter: `prometheus-operator` (PodMonitor and
+    ServiceMonitor; its CRDs must be installed, e.g. by kube-prometheus-stack), `google-managed` (Managed Service
+    for Prometheus PodMonitoring, GKE), `amazon-managed` (an Amazon Managed Service for Prometheus workspace and
+    its managed collector, EKS) or `none`; `auto` picks google-managed on gcp, amazon-managed on aws and
+    prometheus-operator on local."""
+    airflow_metrics: bool = True
+    """Scrape Airflow's own metrics from the chart's StatsD exporter (enabled in the chart by default)."""
+    dashboard: bool = True
+    """Ship the Grafana dashboard as a ConfigMap labelled `grafana_dashboard: "1"` for the Grafana sidecar."""
+    dashboard_namespace: str = ""
+    """Namespace of the dashboard ConfigMap; empty means the Airflow namespace (the sidecar must search it)."""
+    alerts: bool = True
+    """Alerting rules: PrometheusRule, GMP Rules or an AMP rule group namespace, following `scrape`."""
+    monitor_labels: dict[str, str] = {}
+    """prometheus-operator: labels on the PodMonitor, ServiceMonitor and PrometheusRule so the operator selects
+    them (kube-prometheus-stack by default selects `release: <its release name>`)."""
+    queued_alert_minutes: int = Field(default=15, ge=1, le=1440)
+    """Alert when the Celery queues have not been empty for this many minutes."""
+    runbook_base_url: str = "docs/runbooks.md"
+    """Where the alerts' runbook_url points (each alert adds its #anchor); set it to your copy's URL."""
+
+    @field_validator("dashboard_namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if v and not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", v):
+            raise ValueError(f"{v!r} is not a valid namespace name (lowercase letters, digits, '-', max 63); "
+                             "or leave it empty for the Airflow namespace")
+        return v
+
+    def scraper(self, cloud: str) -> str:
+        """`scrape` with `auto` resolved for this cloud."""
+        if self.scrape != "auto":
+            return self.scrape
+        return {"gcp": "google-managed", "aws": "amazon-managed"}.get(cloud, "prometheus-operator")
+
+
 class StackConfig(_Model):
     """Everything one stack sets. Field names are the config keys in camelCase."""
 
@@ -588,6 +628,8 @@ class StackConfig(_Model):
     """The Airflow release."""
     scaling: ScalingConfig = ScalingConfig()
     """Celery worker autoscaling."""
+    observability: ObservabilityConfig = ObservabilityConfig()
+    """Metrics scraping, the Grafana dashboard and alerts."""
     tags: dict[str, str] = {}
     """Tags/labels added to every cloud resource that takes them."""
 
@@ -624,6 +666,12 @@ class StackConfig(_Model):
                 "nothing while idle; set it to 0"
             )
         problems += self._network_problems()
+        scrape = self.observability.scrape
+        if scrape in ("google-managed", "amazon-managed") and self.cloud != {"google-managed": "gcp", "amazon-managed": "aws"}[scrape]:
+            problems.append(
+                f"observability.scrape: {scrape} needs cloud {'gcp' if scrape == 'google-managed' else 'aws'}, not "
+                f"{self.cloud}; use prometheus-operator, none or auto"
+            )
         if problems:
             raise ValueError("\n".join(problems))
         return self

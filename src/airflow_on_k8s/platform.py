@@ -21,6 +21,7 @@ from airflow_on_k8s.airflow.worker_autoscaler import WorkerAutoscaler, WorkerAut
 from airflow_on_k8s.clusters import create_cloud_services, create_cluster
 from airflow_on_k8s.config import StackConfig, parse_stack_config
 from airflow_on_k8s.contract import CloudServices, KubernetesCluster
+from airflow_on_k8s.observability.component import Observability, ObservabilityArgs
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Platform:
     task_namespace: TaskNamespace
     airflow: Airflow
     worker_autoscaler: WorkerAutoscaler | None
+    observability: Observability
 
 
 def build_platform(config: StackConfig, opts: pulumi.ResourceOptions | None = None) -> Platform:
@@ -58,7 +60,11 @@ def build_platform(config: StackConfig, opts: pulumi.ResourceOptions | None = No
     autoscaler = (
         WorkerAutoscaler("worker-autoscaler", autoscaler_args, cluster, airflow, opts) if autoscaler_args.enabled else None
     )
-    return Platform(config, cluster, services, metrics_server, keda, tasks, airflow, autoscaler)
+    # Scrape targets, the Grafana dashboard and alerts for all of the above (observability.* switches).
+    observability = Observability(
+        "observability", ObservabilityArgs.from_stack(config), cluster, airflow, autoscaler, opts
+    )
+    return Platform(config, cluster, services, metrics_server, keda, tasks, airflow, autoscaler, observability)
 
 
 class AirflowOnKubernetesArgs(TypedDict):

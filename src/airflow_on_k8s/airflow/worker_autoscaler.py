@@ -116,7 +116,7 @@ def worker_label_selector(labels: dict[str, str] = WORKER_POD_LABELS) -> str:
 
 
 def role_rules(deployment: str, lease: str) -> list[dict[str, list[str]]]:
-    """What airflow_on_k8s/autoscaler/actuators/kubernetes.py calls, and nothing more."""
+    """What airflow_on_k8s/autoscaler/actuators/kubernetes.py and actuators/events.py call, and nothing more."""
     return [
         # Read and change the worker count through the scale subresource only (not the Deployment itself).
         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "resourceNames": [deployment], "verbs": ["get", "patch"]},
@@ -127,6 +127,9 @@ def role_rules(deployment: str, lease: str) -> list[dict[str, list[str]]]:
         # create cannot be limited by name; reading and renewing can.
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease], "verbs": ["get", "update"]},
+        # Events on the worker Deployment for each scaling decision (actuators/events.py): create a new one,
+        # patch the count of a repeated one. Their names are generated, so not limited by name.
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     ]
 
 

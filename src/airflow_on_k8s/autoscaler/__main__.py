@@ -12,6 +12,7 @@ from airflow_on_k8s.autoscaler.settings import Settings, SettingsError, settings
 
 def build_controller(settings: Settings):
     """Wire the configured signals, actuator and lock into a Controller (imports only what is used)."""
+    from airflow_on_k8s.autoscaler.actuators.events import DecisionEvents
     from airflow_on_k8s.autoscaler.controller import Controller, ControllerConfig
     from airflow_on_k8s.autoscaler.metrics import Health, Metrics
     from airflow_on_k8s.autoscaler.policy import ScalingPolicy
@@ -38,9 +39,13 @@ def build_controller(settings: Settings):
             state, airflow_worker_command(settings.worker_concurrency, settings.queues, settings.hostname_template)
         )
         lock = FileLeaderLock(state / "leader.lock", settings.identity)
+        from airflow_on_k8s.autoscaler.actuators.events import LocalEventRecorder
+
+        recorder = LocalEventRecorder()
     else:
         from kubernetes import client, config
 
+        from airflow_on_k8s.autoscaler.actuators.events import KubernetesEventRecorder
         from airflow_on_k8s.autoscaler.actuators.kubernetes import KubernetesDeploymentActuator, KubernetesLease
 
         try:
@@ -51,6 +56,8 @@ def build_controller(settings: Settings):
         actuator = KubernetesDeploymentActuator(api, settings.namespace, settings.deployment, settings.label_selector)
         lock = KubernetesLease(api, settings.namespace, settings.lease_name, settings.identity,
                                lease_duration_s=settings.lease_duration_s)
+        # Events on the worker Deployment, signed by this pod (source.host), as the HPA's are by its controller.
+        recorder = KubernetesEventRecorder(api, settings.namespace, settings.deployment, host=settings.identity)
     loop = ControllerConfig(
         queues=settings.queues,
         poll_interval_s=settings.poll_interval_s,
@@ -65,7 +72,7 @@ def build_controller(settings: Settings):
         readiness_timeout_s=3 * settings.poll_interval_s + settings.drain_timeout_s,
     )
     return Controller(ScalingPolicy(settings.policy_config()), load, celery, actuator, lock, loop,
-                      metrics=Metrics(), health=health)
+                      metrics=Metrics(), health=health, events=DecisionEvents(recorder))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from airflow_on_k8s.autoscaler.actuators import Actuator, LeaderLock, WorkerPod
+from airflow_on_k8s.autoscaler.actuators.events import DecisionEvents
 from airflow_on_k8s.autoscaler.metrics import Health, Metrics
 from airflow_on_k8s.autoscaler.policy import (
     Decision,
@@ -88,6 +89,7 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
+        events: DecisionEvents | None = None,
     ):
         self.policy = policy
         self.load = load
@@ -103,6 +105,7 @@ class Controller:
         self.stop = stop or threading.Event()  # set on shutdown: a drain in progress is undone
         self._last_loads: tuple[QueueLoad, ...] | None = None
         self.last_decision: Decision | None = None
+        self.events = events or DecisionEvents()  # Kubernetes Events (or the log) for each decision
 
     # --- signals --------------------------------------------------------------------------------------------------
 
@@ -143,6 +146,7 @@ class Controller:
         wanted = set(self.config.queues)
         cancelled = [name for name, s in states.items() if not wanted <= set(s.queues)]
         cancelled = [n for n in cancelled if not any(w.name == n and w.terminating for w in workers)]
+        self.metrics.deaf_workers.set(len(cancelled))
         if cancelled:
             log.info("restoring consumers on %s (left cancelled)", cancelled)
             self.celery.add_consumer([self.hostnames.hostname(n) for n in cancelled], self.config.queues)
@@ -196,8 +200,10 @@ class Controller:
             self.metrics.scale_events.labels("up").inc()
         elif decision.desired_replicas < replicas:
             result = self.scale_down(replicas - decision.desired_replicas, live, states or {}, decision)
+            self.events.scaled_down(replicas, result.removed, result.aborted, decision, loads, busy)
             if not result.removed:
                 self.policy.forget_scale_down()
+        self.events.decided(replicas, decision, loads, busy)
         self.health.succeeded()
         return decision
 

@@ -37,6 +37,12 @@ class Metrics:
         self.scale_events = Counter(f"{PREFIX}_scale_events", "Replica changes made, by direction", ["direction"], registry=r)
         self.aborted_drains = Counter(f"{PREFIX}_aborted_drains", "Scale-downs given up, by reason", ["reason"], registry=r)
         self.leader = Gauge(f"{PREFIX}_leader", "1 while this instance holds the leader lock", registry=r)
+        # The same name and meaning as on branch scale-down-safety, which sets it; the alert
+        # AirflowWorkerConsumesNoQueue (observability/rules.py) reads it.
+        self.deaf_workers = Gauge(
+            f"{PREFIX}_deaf_workers", "Live workers found consuming fewer of the queues than they should (and not "
+            "drained by us); each is healed with add_consumer", registry=r,
+        )
         self.last_success = Gauge(f"{PREFIX}_last_success_timestamp_seconds", "End of the last good loop", registry=r)
         for source in ("airflow_db", "celery", "actuator", "controller"):
             self.errors.labels(source)  # export zeros, so rate() works from the start

@@ -465,6 +465,8 @@ class EksCluster(pulumi.ComponentResource):
     """"aws" (Python-only: the same for every instance)."""
     cluster_name: pulumi.Output[str]
     """The EKS cluster's name."""
+    cluster_arn: pulumi.Output[str]
+    """The EKS cluster's ARN (the source of the AMP managed collector, observability/component.py)."""
     kubeconfig: pulumi.Output[str]
     """A kubeconfig for the cluster that authenticates with `aws eks get-token` (secret)."""
     vpc_id: pulumi.Output[str]
@@ -516,6 +518,7 @@ class EksCluster(pulumi.ComponentResource):
         cluster = self._control_plane(name, args, private_subnets, partition)
         self.cluster_name = cluster.name
         self.cluster_security_group_id = cluster.vpc_config.cluster_security_group_id
+        self.cluster_arn = cluster.arn
 
         issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
         oidc = aws.iam.OpenIdConnectProvider(

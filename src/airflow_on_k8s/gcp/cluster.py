@@ -394,7 +394,13 @@ class GkeCluster(pulumi.ComponentResource):
                 ),
             ),
             logging_config=gcp.container.ClusterLoggingConfigArgs(enable_components=["SYSTEM_COMPONENTS", "WORKLOADS"]),
-            monitoring_config=gcp.container.ClusterMonitoringConfigArgs(enable_components=["SYSTEM_COMPONENTS"]),
+            # Managed Service for Prometheus' managed collection (GKE's default on 1.27+, stated so an update
+            # cannot turn it off): the PodMonitoring objects of observability/component.py need it, and only
+            # what they select is ingested (billed).
+            monitoring_config=gcp.container.ClusterMonitoringConfigArgs(
+                enable_components=["SYSTEM_COMPONENTS"],
+                managed_prometheus=gcp.container.ClusterMonitoringConfigManagedPrometheusArgs(enabled=True),
+            ),
             deletion_protection=args.protect,
             opts=pulumi.ResourceOptions.merge(
                 child,

@@ -10,7 +10,7 @@
 * leader election: `KubernetesLease`, a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it.
 
 RBAC it needs (namespace-scoped Role): deployments/scale get, patch; pods list, patch;
-leases get, create, update.
+leases get, create, update (and events create, patch for actuators/events.py).
 """
 
 from __future__ import annotations

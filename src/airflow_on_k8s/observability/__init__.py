@@ -1,0 +1,1 @@
+"""Observability of worker scaling: Kubernetes-side scrape targets, the Grafana dashboard and alerts."""
