@@ -55,17 +55,9 @@ def _running_ready(pod) -> bool:
     )
 
 
-def test_replicaset_controller_and_scheduler_honour_pod_deletion_cost(api, kwok_nodes):
-    """3 replicas are created by the real ReplicaSet controller and bound by the real scheduler to kwok nodes;
-    scaled to 1, exactly the two lowest-cost pods go.
-
-    The ReplicaSet controller picks the pods to delete by sorting them with ActivePodsWithRanks
-    (k8s.io/kubernetes pkg/controller/controller_utils.go, v1.34.4): unassigned < assigned, Pending < Unknown
-    < Running, not ready < ready, then (4) lower pod-deletion-cost first, before (5) "doubled up" (more ready
-    pods of the set on the same node) and (6) the most recently ready. The pod kept here is one of the
-    doubled-up pods, which rule 5 alone would delete first: only the deletion cost keeps it.
-    """
-    ns = "deletion-cost"
+def deploy_three_workers(api, ns: str, kwok_nodes: list[str]) -> list:
+    """A 3-replica Deployment on the kwok nodes; returns its pods once all are Running and Ready, after checking
+    that the real ReplicaSet controller created them and the real scheduler bound them."""
     make_namespace(api, ns)
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     labels = {"app": "worker"}
@@ -101,12 +93,56 @@ def test_replicaset_controller_and_scheduler_honour_pod_deletion_cost(api, kwok_
     events = core.list_namespaced_event(ns, field_selector="reason=Scheduled").items
     assert {e.involved_object.name for e in events if e.reporting_component == "default-scheduler"
             or (e.source and e.source.component == "default-scheduler")} == {p.metadata.name for p in pods}
+    return pods
 
-    by_node: dict[str, list[str]] = {}
+
+def by_node(pods) -> dict[str, list[str]]:
+    placement: dict[str, list[str]] = {}
     for pod in pods:
-        by_node.setdefault(pod.spec.node_name, []).append(pod.metadata.name)
-    doubled_up = max(by_node.values(), key=len)
-    assert len(doubled_up) >= 2, by_node  # 3 pods on 2 nodes: at least one node has 2
+        placement.setdefault(pod.spec.node_name, []).append(pod.metadata.name)
+    return placement
+
+
+def scale_to_one(api, ns: str) -> list[str]:
+    """Scale the Deployment to 1 and return the name of the pods left once the others are gone."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    apps.patch_namespaced_deployment_scale("worker", ns, {"spec": {"replicas": 1}})
+
+    def only_one_left():
+        names = [p.metadata.name for p in core.list_namespaced_pod(ns, label_selector="app=worker").items]
+        return names if len(names) == 1 else None
+
+    left = wait_for(only_one_left, what="scale-down to 1 pod")
+    rs = apps.list_namespaced_replica_set(ns, label_selector="app=worker").items
+    assert [(r.spec.replicas, r.status.replicas) for r in rs] == [(1, 1)]
+    return left
+
+
+def test_without_deletion_cost_the_doubled_up_pods_go_first(api, kwok_nodes):
+    """The baseline the next test departs from: 3 pods on 2 nodes, scaled to 1, keep the pod alone on its node
+    (ActivePodsWithRanks rule 5, "doubled up < not doubled up")."""
+    pods = deploy_three_workers(api, "no-deletion-cost", kwok_nodes)
+    placement = by_node(pods)
+    assert sorted(len(names) for names in placement.values()) == [1, 2], placement  # the scheduler spreads
+    alone = next(names[0] for names in placement.values() if len(names) == 1)
+    assert scale_to_one(api, "no-deletion-cost") == [alone]
+
+
+def test_replicaset_controller_and_scheduler_honour_pod_deletion_cost(api, kwok_nodes):
+    """3 replicas are created by the real ReplicaSet controller and bound by the real scheduler to kwok nodes;
+    scaled to 1, exactly the two lowest-cost pods go.
+
+    The ReplicaSet controller picks the pods to delete by sorting them with ActivePodsWithRanks
+    (k8s.io/kubernetes pkg/controller/controller_utils.go, v1.34.4): unassigned < assigned, Pending < Unknown
+    < Running, not ready < ready, then (4) lower pod-deletion-cost first, before (5) "doubled up" (more ready
+    pods of the set on the same node) and (6) the most recently ready. The pod kept here is one of the
+    doubled-up pods, which rule 5 alone would delete first (the previous test): only the deletion cost keeps it.
+    """
+    ns = "deletion-cost"
+    core = client.CoreV1Api(api)
+    pods = deploy_three_workers(api, ns, kwok_nodes)
+    doubled_up = max(by_node(pods).values(), key=len)
+    assert len(doubled_up) == 2, by_node(pods)
     keep = sorted(doubled_up)[0]
     others = sorted(p.metadata.name for p in pods if p.metadata.name != keep)
     costs = {keep: 1000, others[0]: -100, others[1]: 5}
@@ -118,15 +154,7 @@ def test_replicaset_controller_and_scheduler_honour_pod_deletion_cost(api, kwok_
     ), what="annotations")
     time.sleep(1)
 
-    apps.patch_namespaced_deployment_scale("worker", ns, {"spec": {"replicas": 1}})
-
-    def only_one_left():
-        names = [p.metadata.name for p in core.list_namespaced_pod(ns, label_selector="app=worker").items]
-        return names if len(names) == 1 else None
-
-    assert wait_for(only_one_left, what="scale-down to 1 pod") == [keep]
-    rs = apps.list_namespaced_replica_set(ns, label_selector="app=worker").items
-    assert [(r.spec.replicas, r.status.replicas) for r in rs] == [(1, 1)]
+    assert scale_to_one(api, ns) == [keep]
 
 
 def test_rbac_denies_an_unbound_service_account(api, control_plane):
