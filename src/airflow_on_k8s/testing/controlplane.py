@@ -251,7 +251,11 @@ class _PKI:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """The child gets SIGKILL if the test process dies without stopping it: no orphans, whatever happens."""
+    """The child gets SIGKILL if the test process dies without stopping it: no orphans, whatever happens.
+
+    Linux ties this to the thread that started the child: start the control plane from a thread that lives
+    as long as it should (the main thread, as pytest fixtures do), not from a short-lived worker thread.
+    """
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
