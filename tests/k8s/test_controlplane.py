@@ -1,15 +1,18 @@
 """The control plane itself: the pinned version, the real ReplicaSet controller and scheduler on kwok nodes,
-pod-deletion-cost honoured on scale-down, and RBAC refusing a ServiceAccount that nothing binds."""
+pod-deletion-cost honoured on scale-down, RBAC refusing a ServiceAccount that nothing binds, and the fixture
+leaving no process behind."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from airflow_on_k8s.testing.controlplane import pinned_version
+from airflow_on_k8s.testing.controlplane import ControlPlane, ControlPlaneError, pinned_version, start_kwok
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
@@ -207,3 +210,41 @@ def test_rbac_denies_an_unbound_service_account(api, control_plane):
         assert denied.value.status == 403
     finally:
         sa_api.close()
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """The pids still running (a zombie not yet reaped counts as gone)."""
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().split(") ", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except FileNotFoundError:
+            pass
+    return alive
+
+
+def test_stop_leaves_no_process_and_no_files(control_plane):
+    """A second control plane with kwok: stop() ends every process and removes the work dir."""
+    plane = ControlPlane()
+    plane.start()
+    try:
+        with start_kwok(plane):
+            pids = plane.pids()
+            assert len(pids) == 5 and _alive(pids) == pids
+    finally:
+        plane.stop()
+    assert _alive(pids) == []
+    assert subprocess.run(["pgrep", "-f", str(plane.work_dir)], capture_output=True).stdout == b""
+    assert not plane.work_dir.exists()
+
+
+def test_a_failed_start_says_why_and_cleans_up():
+    plane = ControlPlane(extra_apiserver_args=["--no-such-flag"])
+    with pytest.raises(ControlPlaneError, match=r"kube-apiserver exited with code 1:\n(.|\n)*--no-such-flag"):
+        plane.start()
+    assert plane.processes == []
+    assert subprocess.run(["pgrep", "-f", str(plane.work_dir)], capture_output=True).stdout == b""
+    assert (plane.log_dir / "kube-apiserver.log").exists()  # kept for a post-mortem
+    shutil.rmtree(plane.work_dir)

@@ -33,7 +33,8 @@ from the same version-keyed cache the build script fills. Every knob is an envir
 ``AIRFLOW_ON_K8S_CONTROLPLANE_KEEP``
     ``1``: keep the work dir (certificates, etcd data, logs) after stop().
 
-When a process does not become healthy, :class:`ControlPlaneError` carries the tail of its log;
+When a process does not become healthy, :class:`ControlPlaneError` carries the tail of its log (and the work
+dir with every log is kept);
 :meth:`ControlPlane.log_tails` gives every process's tail (the pytest fixture prints it when a test fails).
 """
 
@@ -389,6 +390,9 @@ class ControlPlane:
         began = time.monotonic()
         try:
             self._start()
+        except ControlPlaneError as exc:
+            self.stop(keep_files=True)  # the logs stay for a post-mortem
+            raise ControlPlaneError(f"{exc}\n(all logs kept in {self.log_dir})") from None
         except BaseException:
             self.stop()
             raise
@@ -492,12 +496,12 @@ class ControlPlane:
         controller_manager.wait_healthy(self.start_timeout)
         scheduler.wait_healthy(self.start_timeout)
 
-    def stop(self) -> None:
+    def stop(self, keep_files: bool = False) -> None:
         """Stop every process (dependants first) and delete the work dir unless asked to keep it."""
         for process in reversed(self.processes):
             process.stop()
         self.processes = []
-        if self._own_dir and not _env_flag("AIRFLOW_ON_K8S_CONTROLPLANE_KEEP"):
+        if self._own_dir and not keep_files and not _env_flag("AIRFLOW_ON_K8S_CONTROLPLANE_KEEP"):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # -- clients and diagnostics
