@@ -23,7 +23,8 @@ setup:
 k8s-binaries:
 	./hack/controlplane/build.sh
 
-## The control-plane tier alone: a real apiserver, controllers and scheduler (tests/k8s).
+## The control-plane tier alone: a real apiserver, controllers and scheduler (tests/k8s, and the autoscaler's
+## end-to-end tests on it with real Airflow, PostgreSQL and Redis).
 test-k8s: k8s-binaries
-	./scripts/bootstrap.sh
-	.venv/bin/python -m pytest tests/k8s $(PYTEST_ARGS)
+	./scripts/bootstrap.sh --services
+	.venv/bin/python -m pytest -m k8s $(PYTEST_ARGS)

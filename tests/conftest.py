@@ -8,6 +8,9 @@ import pytest
 
 from airflow_on_k8s.testing.mock_runtime import ProgramRun, run_program
 
+# The real control plane (one per session), for tests/k8s and the autoscaler's tests on it.
+pytest_plugins = ["tests.k8s.plugin"]
+
 
 @functools.lru_cache(maxsize=None)
 def program_run(stack: str) -> ProgramRun:
@@ -23,3 +26,4 @@ def aws_run(request) -> ProgramRun:
 @pytest.fixture(params=["gcp-dev", "gcp-prod"])
 def gcp_run(request) -> ProgramRun:
     return program_run(request.param)
+

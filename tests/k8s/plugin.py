@@ -1,4 +1,5 @@
-"""The control-plane tier: one real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
+"""Fixtures of the control-plane tier (a pytest plugin the root conftest loads, so the autoscaler's tests share
+them): one real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
 per test session, and kwok making the Nodes labelled ``type=kwok`` Ready. Binaries come from
 ``make k8s-binaries``; see airflow_on_k8s.testing.controlplane for the environment overrides.
 When a test here fails, the tail of every control-plane log is attached to its report.
@@ -79,3 +80,11 @@ def pytest_runtest_makereport(item, call):
 def pytest_terminal_summary(terminalreporter):
     for line in _started:
         terminalreporter.write_line(line)
+
+
+def pytest_collection_modifyitems(items):
+    # Everything under tests/k8s runs on the control plane: `make test-k8s` selects it (and the autoscaler's
+    # tests on it) with `-m k8s`.
+    for item in items:
+        if "tests/k8s/" in item.nodeid:
+            item.add_marker(pytest.mark.k8s)

@@ -1,0 +1,264 @@
+"""The task-aware autoscaler on a real control plane: kube-apiserver, kube-controller-manager (the real Deployment
+and ReplicaSet controllers) and kube-scheduler built from their Go modules, with a real Airflow scheduler
+(CeleryExecutor), PostgreSQL and Redis. Worker pods run as real `airflow celery worker` processes named
+`celery@<pod name>` on the node agent's nodes (airflow_on_k8s.testing.node_agent), which plays the kubelet:
+SIGTERM on deletion, SIGKILL at the end of the pod's grace period.
+
+The autoscaler runs as `python -m airflow_on_k8s.autoscaler --actuator kubernetes`, authenticated with a token of
+the ServiceAccount the Pulumi program creates and bound by the Role the program writes (both taken from the
+`local` stack's preview), so the API server enforces exactly the program's RBAC.
+
+Figures are printed; run with -s to see them.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from airflow_on_k8s.airflow.component import WORKER_POD_LABELS, worker_grace_seconds
+from airflow_on_k8s.airflow.worker_autoscaler import LEASE, worker_label_selector
+from airflow_on_k8s.autoscaler.actuators.local_processes import airflow_worker_command
+from airflow_on_k8s.testing.node_agent import NodeAgent, ProcessSpec
+from tests.autoscaler.airflow_stack import BURST, CONCURRENCY, ControllerProcess, all_state, burst_dag, report
+from tests.autoscaler.helpers import wait_for
+from tests.conftest import program_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.k8s]
+
+WORKER_DEPLOYMENT = "airflow-worker"
+AGENT_NODES = {f"worker-node-{i}": {"airflow-on-k8s/test-node": "agent"} for i in (1, 2)}
+_namespaces = itertools.count(1)
+
+
+def _program_objects(stack: str = "local") -> dict[str, dict]:
+    """The worker autoscaler's ServiceAccount, Role and RoleBinding as the program writes them."""
+    from tests.test_k8s_schema import manifest
+
+    found = {}
+    for r in program_run(stack).resources:
+        if r.parent == "airflow-on-k8s:scaling:WorkerAutoscaler::worker-autoscaler":
+            body = manifest(r.inputs)
+            if body["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+                found[body["kind"]] = body
+    assert set(found) == {"ServiceAccount", "Role", "RoleBinding"}, found.keys()
+    return found
+
+
+def worker_deployment(namespace: str, grace_s: int) -> dict:
+    """The chart's Celery worker Deployment as far as the autoscaler and the controllers see it: its name, the
+    chart's worker pod labels, the grace period the program sets, and the chart's rolling-update strategy."""
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": WORKER_DEPLOYMENT, "namespace": namespace, "labels": dict(WORKER_POD_LABELS)},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": dict(WORKER_POD_LABELS)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "100%", "maxUnavailable": "50%"}},
+            "template": {
+                "metadata": {"labels": dict(WORKER_POD_LABELS)},
+                "spec": {
+                    "terminationGracePeriodSeconds": grace_s,
+                    "automountServiceAccountToken": False,
+                    "nodeSelector": {"airflow-on-k8s/test-node": "agent"},
+                    "containers": [{"name": "worker", "image": "apache/airflow:test"}],
+                },
+            },
+        },
+    }  # fmt: skip
+
+
+class RealWorkers:
+    """A namespace with the program's RBAC, a worker Deployment and a node agent running its pods."""
+
+    def __init__(self, control_plane, stack, grace_s: int):
+        self.control_plane = control_plane
+        self.stack = stack
+        self.namespace = f"airflow-{next(_namespaces)}"
+        self.api = control_plane.api_client()
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.core.create_namespace({"metadata": {"name": self.namespace}})
+        objects = _program_objects()
+        rbac = client.RbacAuthorizationV1Api(self.api)
+        sa = copy.deepcopy(objects["ServiceAccount"])
+        sa["metadata"]["namespace"] = self.namespace
+        self.core.create_namespaced_service_account(self.namespace, sa)
+        for kind, create in (("Role", rbac.create_namespaced_role), ("RoleBinding", rbac.create_namespaced_role_binding)):
+            body = copy.deepcopy(objects[kind])
+            body["metadata"]["namespace"] = self.namespace
+            for subject in body.get("subjects", []):
+                subject["namespace"] = self.namespace
+            create(self.namespace, body)
+        self.service_account = sa["metadata"]["name"]
+        self.apps.create_namespaced_deployment(self.namespace, worker_deployment(self.namespace, grace_s))
+        command = airflow_worker_command(CONCURRENCY)
+        self.agent = NodeAgent(
+            self.api, AGENT_NODES, self._runner, stack.work_dir / "pods", base_env=stack.env,
+        )
+        self.agent.start()
+        self._command = command
+
+    def _runner(self, pod: client.V1Pod) -> ProcessSpec | None:
+        if pod.metadata.namespace != self.namespace:
+            return None
+        return ProcessSpec(self._command(pod.metadata.name))
+
+    def token_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig holding a token of the program's ServiceAccount (a TokenRequest, as the kubelet mounts)."""
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+        token = self.core.create_namespaced_service_account_token(self.service_account, self.namespace, request).status.token
+        path.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters:\n- name: test\n  cluster:\n    server: {self.control_plane.server}\n"
+            f"    certificate-authority: {self.control_plane.pki.ca.cert}\n"
+            f"users:\n- name: sa\n  user:\n    token: {token}\n"
+            "contexts:\n- name: test\n  context:\n    cluster: test\n    user: sa\n"
+            f"    namespace: {self.namespace}\ncurrent-context: test\n"
+        )
+        return path
+
+    def all_pods(self) -> list[client.V1Pod]:
+        return self.core.list_namespaced_pod(self.namespace, label_selector=worker_label_selector()).items
+
+    def live_pods(self) -> list[client.V1Pod]:
+        return [p for p in self.all_pods() if p.metadata.deletion_timestamp is None]
+
+    def replicas(self) -> int:
+        # The API omits a zero (omitempty), which the client reads as None.
+        return self.apps.read_namespaced_deployment_scale(WORKER_DEPLOYMENT, self.namespace).spec.replicas or 0
+
+    def running_workers(self) -> int:
+        return len(self.agent.processes())
+
+    def diagnostics(self) -> str:
+        pods = self.core.list_namespaced_pod(self.namespace).items
+        return "\n".join([
+            f"replicas={self.replicas()} terminations={self.agent.terminations} agent errors={self.agent.errors}",
+            *(f"pod {p.metadata.name} node={p.spec.node_name} phase={p.status.phase} deleting={p.metadata.deletion_timestamp}"
+              f" annotations={p.metadata.annotations}" for p in pods),
+        ])
+
+    def close(self) -> None:
+        self.agent.stop()
+        try:
+            self.core.delete_namespace(self.namespace)
+        except ApiException:
+            pass
+
+
+def controller(stack, workers: RealWorkers, identity: str, tmp_path: Path, *extra: str) -> ControllerProcess:
+    kubeconfig = workers.token_kubeconfig(tmp_path / f"{identity}.kubeconfig")
+    stack.env["KUBECONFIG"] = str(kubeconfig)
+    try:
+        return ControllerProcess(
+            stack, tmp_path / "unused", identity,
+            "--actuator", "kubernetes", "--namespace", workers.namespace, "--deployment", WORKER_DEPLOYMENT,
+            "--label-selector", worker_label_selector(), "--lease-name", LEASE, "--lease-duration-s", "10",
+            "--worker-concurrency", str(CONCURRENCY), *extra,
+        )  # fmt: skip
+    finally:
+        del stack.env["KUBECONFIG"]
+
+
+class Sampler:
+    """Samples worker processes, replicas and task states every 0.5 s (in the test's thread, via wait_for)."""
+
+    def __init__(self, stack, workers: RealWorkers, dag_id: str, run_id: str):
+        self.stack, self.workers, self.dag_id, self.run_id = stack, workers, dag_id, run_id
+        self.started = time.monotonic()
+        self.samples: list[tuple[float, int, list]] = []
+
+    def sample(self):
+        tis = self.stack.task_instances(self.dag_id, self.run_id)
+        self.samples.append((time.monotonic() - self.started, self.workers.running_workers(), tis))
+        return self.samples[-1]
+
+    def first(self, predicate) -> float | None:
+        return next((t for t, n, tis in self.samples if predicate(n, tis)), None)
+
+    @property
+    def peak(self) -> int:
+        return max((n for _, n, _ in self.samples), default=0)
+
+
+def test_burst_scales_to_the_need_and_removes_only_drained_pods_with_two_autoscalers(control_plane, stack, tmp_path):
+    """8 tasks of 20 s, concurrency 2: the real ReplicaSet controller creates exactly ceil(8/2) = 4 pods; the
+    scale-down deletes exactly the drained pods (no warm shutdown ever hits a busy worker, no SIGKILL); every task
+    succeeds on its first try. Two autoscalers share the real Lease; the leader is SIGKILLed mid-drain and the
+    other takes over."""
+    grace = worker_grace_seconds(60)  # what the program sets for a 60 s drain timeout: the chart's 600 s floor
+    workers = RealWorkers(control_plane, stack, grace)
+    one = controller(stack, workers, "one", tmp_path, "--drain-timeout-s", "60")
+    two = controller(stack, workers, "two", tmp_path, "--drain-timeout-s", "60")
+    try:
+        wait_for(lambda: one.metrics() and two.metrics(), 60, "both autoscalers serving metrics")
+        wait_for(lambda: sum(c.metrics().get("airflow_worker_autoscaler_leader", 0) for c in (one, two)) == 1, 30,
+                 "one leader")
+        stack.add_dag("burst", burst_dag("burst", 20))
+        watch = Sampler(stack, workers, "burst", "burst-1")
+        stack.trigger("burst", "burst-1")
+        wait_for(lambda: all_state(watch.sample()[2], "running"), 240, "all 8 tasks running", poll_s=0.5)
+        assert workers.replicas() == math.ceil(BURST / CONCURRENCY)
+        # Kill the leader once it drains a worker (the tasks end together, so the scale-down starts after them).
+        leader = one if one.metrics().get("airflow_worker_autoscaler_leader") == 1.0 else two
+        standby = two if leader is one else one
+        wait_for(lambda: all_state(watch.sample()[2], "success"), 120, "all tasks done", poll_s=0.5)
+        wait_for(lambda: (watch.sample(), leader.metrics().get("airflow_worker_autoscaler_drains_in_progress", 0) > 0)[1]
+                 or workers.replicas() < 4, 120, "the leader draining", poll_s=0.2)
+        leader.kill()
+        wait_for(lambda: standby.metrics().get("airflow_worker_autoscaler_leader") == 1.0, 60, "standby leads")
+        wait_for(lambda: (watch.sample(), workers.replicas() == 0 and not workers.all_pods())[1], 240,
+                 "scaled to 0 and every pod gone", poll_s=0.5)
+        tis = stack.task_instances("burst", "burst-1")
+        full = watch.first(lambda n, tis: n == 4)
+        running = watch.first(lambda n, tis: all_state(tis, "running"))
+        report("real control plane: burst of 8 x 20 s tasks, concurrency 2", {
+            "trigger -> 4 worker processes running (s)": None if full is None else round(full, 1),
+            "trigger -> all 8 tasks running (s)": None if running is None else round(running, 1),
+            "peak worker processes": watch.peak,
+            "pods terminated / SIGKILLed": (len(workers.agent.terminations),
+                                            sum(t.killed for t in workers.agent.terminations)),
+            "tasks succeeded / retried": (sum(t[1] == "success" for t in tis), sum(t[2] > 1 for t in tis)),
+        })
+        assert watch.peak == 4
+        assert [(t[1], t[2]) for t in tis] == [("success", 1)] * BURST
+        assert workers.agent.terminations and not any(t.killed for t in workers.agent.terminations)
+        assert not workers.agent.errors
+    except BaseException:
+        print(workers.diagnostics(), "\n--- autoscaler one ---\n", one.log()[-6000:], "\n--- autoscaler two ---\n",
+              two.log()[-6000:])
+        raise
+    finally:
+        for c in (one, two):
+            c.stop()
+        workers.close()
+
+
+def test_blind_scale_down_on_the_same_controllers_kills_running_tasks(control_plane, stack, tmp_path):
+    """The counter-proof: lowering replicas without a drain, as HPA and KEDA do, lets the ReplicaSet pick busy
+    pods; the warm shutdown outlasts the grace period and the node agent SIGKILLs tasks. Durations scaled down:
+    grace 10 s (the program sets at least 600 s), tasks 60 s."""
+    workers = RealWorkers(control_plane, stack, grace_s=10)
+    try:
+        stack.add_dag("long", burst_dag("long", 60))
+        workers.apps.patch_namespaced_deployment_scale(WORKER_DEPLOYMENT, workers.namespace, {"spec": {"replicas": 4}})
+        stack.trigger("long", "long-1")
+        wait_for(lambda: all_state(stack.task_instances("long", "long-1"), "running"), 240, "8 tasks running", poll_s=1)
+        workers.apps.patch_namespaced_deployment_scale(WORKER_DEPLOYMENT, workers.namespace, {"spec": {"replicas": 1}})
+        wait_for(lambda: len(workers.agent.terminations) >= 3, 60, "3 pods terminated", poll_s=0.5)
+        killed = [t for t in workers.agent.terminations if t.killed]
+        report("real control plane: blind scale-down 4 -> 1 with 8 x 60 s tasks running, grace 10 s", {
+            "pods terminated": len(workers.agent.terminations),
+            "pods SIGKILLed at the end of grace (tasks killed)": len(killed),
+        })
+        assert len(killed) >= 1
+    finally:
+        workers.close()
