@@ -130,6 +130,27 @@ def test_external_metrics_apiservice_available_through_aggregator(keda_plane, ap
     print(f"KEDA {keda.version} up in {keda.start_seconds:.1f} s; {EXTERNAL_METRICS_APISERVICE} Available")
 
 
+def test_loopback_endpoints_are_refused_so_the_route_is_an_external_name_service(api, keda):
+    """Why testing.keda routes the APIService through an ExternalName Service: the apiserver refuses the
+    loopback address in an EndpointSlice (and in Endpoints), any 127.x, so a ClusterIP Service cannot point
+    at the adapter."""
+    discovery = client.DiscoveryV1Api(api)
+    core = client.CoreV1Api(api)
+    for address in ("127.0.0.1", "127.0.0.2"):
+        with pytest.raises(ApiException) as refused:
+            discovery.create_namespaced_endpoint_slice("keda", {
+                "metadata": {"name": f"loopback-{address.replace('.', '-')}"}, "addressType": "IPv4",
+                "endpoints": [{"addresses": [address]}], "ports": [{"name": "https", "port": keda.adapter_port}]})
+        assert refused.value.status == 422 and "loopback" in refused.value.body
+        with pytest.raises(ApiException) as refused:
+            core.create_namespaced_endpoints("keda", {
+                "metadata": {"name": f"loopback-{address.replace('.', '-')}"},
+                "subsets": [{"addresses": [{"ip": address}], "ports": [{"port": keda.adapter_port}]}]})
+        assert refused.value.status == 422 and "loopback" in refused.value.body
+    service = core.read_namespaced_service("keda-metrics-apiserver", "keda")
+    assert (service.spec.type, service.spec.external_name) == ("ExternalName", "127.0.0.1")
+
+
 def _worker_deployment(dsn_url: str) -> dict:
     labels = {"component": "worker", "release": "airflow"}
     return {
