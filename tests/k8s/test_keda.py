@@ -23,7 +23,13 @@ from kubernetes import client  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
 from airflow_on_k8s.airflow.component import scaling_values  # noqa: E402
-from airflow_on_k8s.testing.controlplane import ControlPlane, ControlPlaneError, binary, kwok_node, start_kwok  # noqa: E402
+from airflow_on_k8s.testing.controlplane import (  # noqa: E402
+    ControlPlane,
+    ControlPlaneError,
+    binary,
+    kwok_node,
+    start_kwok,
+)
 from airflow_on_k8s.testing.keda import (  # noqa: E402
     EXTERNAL_METRICS_APISERVICE,
     FrontProxy,
@@ -206,13 +212,14 @@ def test_scaled_object_postgresql_trigger_drives_real_hpa(keda_plane, api, keda,
     time.sleep(8)
     assert _replicas(apps) == 0
 
-    # 5 queued/running tasks on the default queue, concurrency 2 -> ceil(5/2) = 3 workers (plus noise the query
-    # must ignore: other states and another queue).
+    # 5 queued/running tasks, concurrency 2 -> ceil(5/2) = 3 workers (plus rows in other states, which the query
+    # must ignore).
     began = time.monotonic()
     with postgres.conn.cursor() as cur:
         cur.executemany("INSERT INTO task_instance VALUES (%s, %s, %s)",
                         [(f"t{i}", "queued" if i % 2 else "running", "default") for i in range(5)]
-                        + [("done", "success", "default"), ("other", "queued", "other-queue")])
+                        + [("done", "success", "default"), ("retry", "up_for_retry", "default"),
+                           ("sched", "scheduled", "default")])
     wait_for(lambda: _replicas(apps) == 3, timeout=90, interval=1, what="the HPA scaling the workers to 3")
     scale_up_s = time.monotonic() - began
 

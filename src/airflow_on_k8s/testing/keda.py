@@ -1,4 +1,5 @@
-"""Real KEDA (operator + external-metrics API server) against a :class:`~airflow_on_k8s.testing.controlplane.ControlPlane`.
+"""Real KEDA (operator + external-metrics API server) against a
+:class:`~airflow_on_k8s.testing.controlplane.ControlPlane`.
 
 The binaries are KEDA's own, built from ``github.com/kedacore/keda/v2`` by ``hack/controlplane/build-keda.sh``
 (version: the wrapper module ``hack/controlplane/keda/go.mod``, i.e. the app version of the KEDA chart the program
@@ -388,24 +389,35 @@ def start_keda(control_plane: ControlPlane, watch_namespace: str = "", timeout: 
 
 
 def airflow_worker_scaled_object(name: str, namespace: str, deployment: str, keda_values: dict,
-                                 worker_concurrency: int, queues: tuple[str, ...] = ("default",),
+                                 worker_concurrency: int, queues: tuple[str, ...] | None = None,
                                  connection_env: str = "AIRFLOW_CONN_AIRFLOW_DB") -> dict:
-    """The ScaledObject the Airflow chart's ``workers/worker-kedaautoscaler.yaml`` renders for ``workers.keda``
-    values (``keda_values`` = ``scaling_values(args)["keda"]`` of the program's keda mode).
+    """The ScaledObject the Airflow chart's ``templates/workers/worker-kedaautoscaler.yaml`` renders for the
+    program's ``workers.keda`` values (``keda_values`` = ``scaling_values(args)["keda"]`` of the keda mode).
 
-    Field sources: ``pollingInterval``, ``cooldownPeriod``, ``minReplicaCount``, ``maxReplicaCount`` and
-    ``advanced`` are the program's values (airflow.component.scaling_values); the trigger is the chart's:
-    type postgresql, ``targetQueryValue: "1"``, ``connectionFromEnv`` the worker's ``AIRFLOW_CONN_AIRFLOW_DB``
-    (the chart uses ``KEDA_DB_CONN`` instead when ``workers.keda.usePgbouncer`` and PgBouncer are on), and the
-    default query ``SELECT ceil(COUNT(*)::decimal / <worker_concurrency>) FROM task_instance WHERE
-    (state='running' OR state='queued') AND queue IN (<celery queues>)`` (chart docs, keda.rst).
+    Where each field comes from:
+
+    * ``pollingInterval``, ``cooldownPeriod``, ``minReplicaCount``, ``maxReplicaCount``, ``advanced``: the program
+      (airflow.component.scaling_values), copied by the template as they are;
+    * ``scaleTargetRef``: the worker Deployment (the template picks StatefulSet only with worker persistence, which
+      the program does not enable);
+    * the trigger: the template's ``type: postgresql``, ``targetQueryValue: "1"`` (metric type AverageValue by
+      KEDA's default), ``connectionFromEnv: AIRFLOW_CONN_AIRFLOW_DB`` (the template switches to ``KEDA_DB_CONN``
+      only when PgBouncer is on and ``workers.keda.usePgbouncer`` is off; the program leaves usePgbouncer at its
+      default, so KEDA goes through PgBouncer when there is one, like the workers);
+    * the query: the chart's default for CeleryExecutor, ``SELECT ceil(COUNT(*)::decimal / <config.celery.
+      worker_concurrency>) FROM task_instance WHERE (state='running' OR state='queued')`` (as the chart's own
+      tests build it, ``TestWorkerKeda.build_query``). ``queues`` appends ``AND queue IN (...)``, the form some
+      chart versions and docs give for per-queue worker sets; off by default.
+
+    Not read from the chart 1.21.0 tarball itself (no Helm repository is reachable here); the chart's template and
+    tests in apache/airflow were the source.
     """
-    queue_list = ",".join(f"'{q}'" for q in queues)
     query = (f"SELECT ceil(COUNT(*)::decimal / {worker_concurrency}) FROM task_instance "
-             f"WHERE (state='running' OR state='queued') AND queue IN ({queue_list})")
+             "WHERE (state='running' OR state='queued')")
+    if queues:
+        query += " AND queue IN (" + ",".join(f"'{q}'" for q in queues) + ")"
     spec = {
         "scaleTargetRef": {"kind": "Deployment", "name": deployment},
-        "envSourceContainerName": "worker",
         "pollingInterval": keda_values["pollingInterval"],
         "cooldownPeriod": keda_values["cooldownPeriod"],
         "minReplicaCount": keda_values["minReplicaCount"],

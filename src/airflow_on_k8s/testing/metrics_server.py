@@ -100,7 +100,8 @@ def start_metrics_server(control_plane: ControlPlane, metric_resolution: str = "
                               "group": "metrics.k8s.io", "version": "v1beta1",
                               "caBundle": base64.b64encode(ca.cert_pem).decode(),
                               "groupPriorityMinimum": 100, "versionPriority": 100}})
-        _wait(lambda: apiservice_available(api, METRICS_APISERVICE)[0], timeout, f"APIService {METRICS_APISERVICE} Available")
+        _wait(lambda: apiservice_available(api, METRICS_APISERVICE)[0], timeout,
+              f"APIService {METRICS_APISERVICE} Available")
         yield MetricsServer(process, port, pinned_version("metrics-server"), time.monotonic() - began)
     except ControlPlaneError as exc:
         raise ControlPlaneError(f"{exc}\n{process.tail()}") from None
