@@ -1,5 +1,5 @@
 // Wrapper module: builds KEDA's operator (cmd/operator) and external-metrics API server (cmd/adapter) from
-// github.com/kedacore/keda/v2 for the control-plane test tier (see hack/controlplane/build-keda.sh). The version
+// github.com/kedacore/keda/v2 for the control-plane test tier (see hack/controlplane/build.sh). The version
 // is the app version of the KEDA chart the program deploys (versions.KEDA_CHART 2.20.2 -> v2.20.2). Its CRDs
 // (config/crd/bases) are read from the Go module cache at run time. The replace block is copied from KEDA's own
 // go.mod (replace directives of a dependency do not apply to the main module).

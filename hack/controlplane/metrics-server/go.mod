@@ -1,5 +1,5 @@
 // Wrapper module: builds metrics-server from sigs.k8s.io/metrics-server for the control-plane test tier (see
-// hack/controlplane/build-keda.sh). The version is the app version of the metrics-server chart the program
+// hack/controlplane/build.sh). The version is the app version of the metrics-server chart the program
 // deploys (versions.METRICS_SERVER_CHART 3.13.0 -> app 0.8.0 -> v0.8.0).
 module github.com/airflow-on-k8s/hack/controlplane/metrics-server
 

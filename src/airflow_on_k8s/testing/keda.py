@@ -1,7 +1,7 @@
 """Real KEDA (operator + external-metrics API server) against a
 :class:`~airflow_on_k8s.testing.controlplane.ControlPlane`.
 
-The binaries are KEDA's own, built from ``github.com/kedacore/keda/v2`` by ``hack/controlplane/build-keda.sh``
+The binaries are KEDA's own, built from ``github.com/kedacore/keda/v2`` by ``hack/controlplane/build.sh``
 (version: the wrapper module ``hack/controlplane/keda/go.mod``, i.e. the app version of the KEDA chart the program
 deploys). Everything else KEDA ships is read from the Go module cache of that version at run time, not copied
 into the repository: the CRDs (``config/crd/bases``) and KEDA's own RBAC (``config/rbac``, ``config/metrics-server``)::
@@ -57,7 +57,6 @@ from pathlib import Path
 
 import yaml
 
-from airflow_on_k8s.testing import controlplane as cp_mod
 from airflow_on_k8s.testing.controlplane import (
     ControlPlane,
     ControlPlaneError,
@@ -68,10 +67,6 @@ from airflow_on_k8s.testing.controlplane import (
     pinned_version,
 )
 from airflow_on_k8s.testing.local_services import free_port
-
-# The wrapper modules of hack/controlplane/build-keda.sh (keda/, metrics-server/), next to the control plane's.
-cp_mod.UPSTREAM.setdefault("keda", "github.com/kedacore/keda/v2")
-cp_mod.UPSTREAM.setdefault("metrics-server", "sigs.k8s.io/metrics-server")
 
 KEDA_NAMESPACE = "keda"
 KEDA_SERVICE_ACCOUNT = "keda-operator"
@@ -92,12 +87,12 @@ def _go_mod_cache() -> Path:
 
 
 def keda_module_dir() -> Path:
-    """The pinned KEDA module in the Go module cache (``build-keda.sh`` downloads it); override:
+    """The pinned KEDA module in the Go module cache (``build.sh`` downloads it); override:
     ``AIRFLOW_ON_K8S_KEDA_MODULE_DIR``."""
     override = os.environ.get("AIRFLOW_ON_K8S_KEDA_MODULE_DIR")
     path = Path(override) if override else _go_mod_cache() / f"github.com/kedacore/keda/v2@{pinned_version('keda')}"
     if not (path / "config" / "crd" / "bases").is_dir():
-        raise ControlPlaneError(f"{path}/config/crd/bases not found: hack/controlplane/build-keda.sh downloads it")
+        raise ControlPlaneError(f"{path}/config/crd/bases not found: `make k8s-binaries` downloads it")
     return path
 
 

@@ -1,4 +1,4 @@
-"""Real metrics-server (built from ``sigs.k8s.io/metrics-server`` by ``hack/controlplane/build-keda.sh``) against a
+"""Real metrics-server (built from ``sigs.k8s.io/metrics-server`` by ``hack/controlplane/build.sh``) against a
 :class:`~airflow_on_k8s.testing.controlplane.ControlPlane`, serving the aggregated ``v1beta1.metrics.k8s.io``.
 
 It is wired like :func:`airflow_on_k8s.testing.keda.start_keda` (read that module's docstring for the route): an
@@ -45,7 +45,7 @@ def metrics_server_manifests() -> list[dict]:
     """metrics-server's ServiceAccount and RBAC as it ships them (manifests/base/rbac.yaml of the pinned module)."""
     path = _go_mod_cache() / f"sigs.k8s.io/metrics-server@{pinned_version('metrics-server')}" / "manifests" / "base"
     if not (path / "rbac.yaml").is_file():
-        raise ControlPlaneError(f"{path}/rbac.yaml not found: hack/controlplane/build-keda.sh downloads the module")
+        raise ControlPlaneError(f"{path}/rbac.yaml not found: `make k8s-binaries` downloads the module")
     return [doc for doc in yaml.safe_load_all((path / "rbac.yaml").read_text()) if doc]
 
 
