@@ -17,7 +17,7 @@ test: k8s-binaries
 setup:
 	./scripts/bootstrap.sh --services
 
-## Upstream etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok for the control-plane tier
+## Upstream etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, KEDA and metrics-server for the control-plane tier
 ## (tests/k8s), built from their Go modules (hack/controlplane/) into a version-keyed cache outside the clone:
 ## the first build takes a while, later runs find them there.
 k8s-binaries:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the upstream binaries of the control-plane test tier from their Go modules.
 #
-# One wrapper module per upstream project lives next to this script (kubernetes/, etcd/, kwok/,
-# cluster-autoscaler/); its go.mod is the single source of truth for the version built. Each binary
+# One wrapper module per upstream project lives next to this script (kubernetes/, etcd/, kwok/, keda/,
+# metrics-server/, cluster-autoscaler/); its go.mod is the single source of truth for the version built. Each binary
 # goes into a version-keyed cache outside the clone, so a fresh clone on the same machine reuses it:
 #
 #   ${AIRFLOW_ON_K8S_BIN_DIR:-$HOME/.cache/airflow-on-k8s/bin}/<name>-<version>/<binary>
@@ -11,7 +11,7 @@
 # FORCE=1 rebuilds. The wall time of every build is printed. Usage:
 #
 #   hack/controlplane/build.sh              # everything
-#   hack/controlplane/build.sh kubernetes   # one or more of: kubernetes etcd kwok
+#   hack/controlplane/build.sh kubernetes   # one or more of: kubernetes etcd kwok keda metrics-server
 #   hack/controlplane/build.sh --print-dir  # print each component's cache dir (name=dir), build nothing
 #
 # Needs Go (>= the go line of the wrapper go.mod files) and the Go module proxy. Builds run one at a
@@ -24,13 +24,15 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_root="${AIRFLOW_ON_K8S_BIN_DIR:-$HOME/.cache/airflow-on-k8s/bin}"
 # cluster-autoscaler (k8s.io/autoscaler/cluster-autoscaler, -tags kwok) is wired below but has no wrapper
 # module yet: the Go module proxy this project reaches refuses that module path (403), see the README.
-all=(kubernetes etcd kwok)
+all=(kubernetes etcd kwok keda metrics-server)
 
 # module path of the upstream project, per wrapper module
 declare -A upstream=(
   [kubernetes]=k8s.io/kubernetes
   [etcd]=go.etcd.io/etcd/server/v3
   [kwok]=sigs.k8s.io/kwok
+  [keda]=github.com/kedacore/keda/v2
+  [metrics-server]=sigs.k8s.io/metrics-server
   [cluster-autoscaler]=k8s.io/autoscaler/cluster-autoscaler
 )
 
@@ -50,6 +52,11 @@ targets() {
       ;;
     etcd) echo "go.etcd.io/etcd/server/v3 etcd" ;;
     kwok) echo "sigs.k8s.io/kwok/cmd/kwok kwok" ;;
+    keda)
+      echo "github.com/kedacore/keda/v2/cmd/operator keda-operator"
+      echo "github.com/kedacore/keda/v2/cmd/adapter keda-adapter"
+      ;;
+    metrics-server) echo "sigs.k8s.io/metrics-server/cmd/metrics-server metrics-server" ;;
     cluster-autoscaler) echo "k8s.io/autoscaler/cluster-autoscaler cluster-autoscaler" ;;
   esac
 }
@@ -76,6 +83,11 @@ ldflags_for() { # <component> <version>
       # CA vendors client-go/component-base at its own minor; /version of CA is not used by the tests.
       ;;
     etcd) printf -- "-X 'go.etcd.io/etcd/api/v3/version.GitSHA=module-%s' " "$2" ;;
+    # KEDA's Makefile (GO_LDFLAGS)
+    keda) printf -- "-X 'github.com/kedacore/keda/v2/version.Version=%s' -X 'github.com/kedacore/keda/v2/version.GitCommit=module-%s' " "$2" "$2" ;;
+    # metrics-server's Makefile sets client-go's version variables (PKG:=k8s.io/client-go/pkg)
+    metrics-server)
+      printf -- "-X 'k8s.io/client-go/pkg/version.gitVersion=%s' -X 'k8s.io/client-go/pkg/version.gitCommit=module-%s' -X 'k8s.io/client-go/pkg/version.buildDate=%s' " "$2" "$2" "$date" ;;
   esac
 }
 
@@ -106,10 +118,11 @@ build_component() {
     end=$(date +%s.%N)
     printf '== %s %s: built %s in %.1f s\n' "$comp" "$version" "$name" "$(awk "BEGIN{print $end - $start}")"
   done < <(targets "$comp")
-  if [[ "$comp" == kwok ]]; then
-    # The tests read kwok's stage YAMLs from the module cache: make sure the module is there even when
-    # the binary came from elsewhere (e.g. a CI cache of the bin dir).
-    (cd "$here/kwok" && go mod download sigs.k8s.io/kwok)
+  if [[ "$comp" == kwok || "$comp" == keda || "$comp" == metrics-server ]]; then
+    # The tests read files of these modules from the module cache (kwok's stage YAMLs, KEDA's CRDs and RBAC,
+    # metrics-server's RBAC): make sure the module is there even when the binary came from elsewhere (e.g. a CI
+    # cache of the bin dir).
+    (cd "$here/$comp" && go mod download "${upstream[$comp]}")
   fi
 }
 

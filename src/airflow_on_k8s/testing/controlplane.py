@@ -70,6 +70,8 @@ UPSTREAM = {
     "kubernetes": "k8s.io/kubernetes",
     "etcd": "go.etcd.io/etcd/server/v3",
     "kwok": "sigs.k8s.io/kwok",
+    "keda": "github.com/kedacore/keda/v2",  # testing.keda
+    "metrics-server": "sigs.k8s.io/metrics-server",  # testing.metrics_server
     "cluster-autoscaler": "k8s.io/autoscaler/cluster-autoscaler",
 }
 # The controllers the tests rely on (kube-controller-manager --controllers): Deployments and ReplicaSets,
