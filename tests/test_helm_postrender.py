@@ -6,22 +6,19 @@
 - With a real Helm (v3.19.0, built from the Go module proxy into the binary cache that hack/controlplane uses):
   a stand-in chart with the Airflow chart's replica logic (tests/fixtures/worker-chart), fed the program's own
   `workers` values, rendered with and without the post-renderer.
-- With a real Helm and a real API server (etcd + kube-apiserver from the same cache): install, scale the way
-  the autoscaler does, upgrade, roll back; the count the autoscaler set survives every step, and without the
+- With a real Helm and the session's real control plane (tests/k8s/plugin.py): install, scale the way the
+  autoscaler does, upgrade, roll back; the count the autoscaler set survives every step, and without the
   post-renderer the same upgrade puts it back to the chart's value.
 
-The Helm and API-server tests are skipped, with the reason, where those binaries are not built.
+`make test` builds Helm and the control plane first (hack/controlplane/build.sh); nothing here is skipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,18 +39,21 @@ from airflow_on_k8s.config import parse_stack_config
 REPO = Path(__file__).resolve().parent.parent
 STANDIN_CHART = REPO / "tests" / "fixtures" / "worker-chart"
 BIN_DIR = Path(os.environ.get("AIRFLOW_ON_K8S_BIN_DIR", Path.home() / ".cache" / "airflow-on-k8s" / "bin"))
-HELM = Path(os.environ.get("HELM", BIN_DIR / "helm-v3.19.0" / "helm"))
-KUBE_APISERVER = BIN_DIR / "kubernetes-v1.34.4" / "kube-apiserver"
+
+def _helm_binary() -> Path:
+    """The Helm that hack/controlplane/build.sh builds (its version from hack/controlplane/helm/go.mod)."""
+    dirs = dict(line.split("=", 1) for line in subprocess.run(
+        [str(REPO / "hack" / "controlplane" / "build.sh"), "--print-dir"], capture_output=True, text=True, check=True,
+    ).stdout.split())  # fmt: skip
+    return Path(os.environ.get("HELM", Path(dirs["helm"]) / "helm"))
 
 
-def etcd_binary() -> Path | None:
-    if os.environ.get("ETCD"):
-        return Path(os.environ["ETCD"])
-    found = sorted(BIN_DIR.glob("etcd-*/etcd"))
-    return found[-1] if found else None
+HELM = _helm_binary()
 
 
-needs_helm = pytest.mark.skipif(not HELM.is_file(), reason=f"no helm binary at {HELM}")
+def needs_helm(test):
+    """Marks the tests that run Helm: they belong to the control-plane tier (`make test-k8s` selects them)."""
+    return pytest.mark.k8s(test)
 
 WORKER = """\
 ---
@@ -263,12 +263,6 @@ def test_safe_to_evict_is_false_under_either_key_and_true_only_when_asked(tmp_pa
 # --- a real Helm against a real API server -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -279,62 +273,13 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def api_server():
-    etcd = etcd_binary()
-    if not (HELM.is_file() and KUBE_APISERVER.is_file() and etcd):
-        pytest.skip(f"needs helm, kube-apiserver and etcd under {BIN_DIR} (hack/controlplane/build.sh)")
-    if not shutil.which("openssl"):
-        pytest.skip("needs openssl for the service-account signing key")
-    work = Path(tempfile.mkdtemp(prefix="helm-proof-"))
-    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
-    token = "helm-proof-token"
-    (work / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
-    subprocess.run(["openssl", "genrsa", "-out", str(work / "sa.key"), "2048"], check=True, capture_output=True)
-    procs = [
-        subprocess.Popen(
-            [str(etcd), "--data-dir", str(work / "etcd"), "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-             "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--initial-advertise-peer-urls",
-             f"http://127.0.0.1:{peer_port}", "--initial-cluster", f"default=http://127.0.0.1:{peer_port}"],
-            stdout=subprocess.DEVNULL, stderr=open(work / "etcd.log", "w"),
-        )
-    ]
-    procs.append(
-        subprocess.Popen(
-            [str(KUBE_APISERVER), "--etcd-servers", f"http://127.0.0.1:{etcd_port}", "--bind-address", "127.0.0.1",
-             "--secure-port", str(api_port), "--cert-dir", str(work / "certs"), "--token-auth-file", str(work / "tokens.csv"),
-             "--authorization-mode", "RBAC", "--service-account-issuer", "https://kubernetes.default.svc",
-             "--service-account-key-file", str(work / "sa.key"), "--service-account-signing-key-file", str(work / "sa.key"),
-             "--service-cluster-ip-range", "10.96.0.0/16", "--advertise-address", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=open(work / "apiserver.log", "w"),
-        )
-    )
-    wait_for(lambda: (work / "certs" / "apiserver.crt").is_file(), 60, "kube-apiserver wrote no serving certificate")
-    kubeconfig = work / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1", "kind": "Config", "current-context": "proof",
-                "clusters": [{"name": "proof", "cluster": {"server": f"https://127.0.0.1:{api_port}", "certificate-authority": str(work / "certs" / "apiserver.crt")}}],
-                "users": [{"name": "admin", "user": {"token": token}}],
-                "contexts": [{"name": "proof", "context": {"cluster": "proof", "user": "admin", "namespace": "default"}}],
-            }
-        )
-    )
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "KUBECONFIG": str(kubeconfig), "HELM_CACHE_HOME": str(work / "hc"),
-           "HELM_CONFIG_HOME": str(work / "hcfg"), "HELM_DATA_HOME": str(work / "hd")}
-    try:
-        wait_for(lambda: helm("list", env=env, check=False).returncode == 0, 90, "kube-apiserver did not come up")
-        yield env
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+def api_server(control_plane, tmp_path_factory):
+    """Helm's environment pointed at the session's real control plane (tests/k8s/plugin.py), as its admin."""
+    assert HELM.is_file(), f"no helm binary at {HELM}: make k8s-binaries (hack/controlplane/build.sh) builds it"
+    work = tmp_path_factory.mktemp("helm")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "KUBECONFIG": str(control_plane.kubeconfig),
+           "HELM_CACHE_HOME": str(work / "hc"), "HELM_CONFIG_HOME": str(work / "hcfg"), "HELM_DATA_HOME": str(work / "hd")}
+    yield env
 
 
 def apps_api(env: dict):
@@ -360,6 +305,7 @@ def release(env: dict, tmp_path: Path, namespace: str, workers: dict, postrender
     helm(*verb, "airflow", str(STANDIN_CHART), "-n", namespace, "-f", str(values), *extra, env=env)
 
 
+@pytest.mark.k8s
 def test_upgrades_and_rollbacks_leave_the_autoscalers_count_alone(api_server, tmp_path):
     env, ns = api_server, "with-postrender"
     command = pr.write_command(tmp_path / POSTRENDER_COMMAND, POSTRENDER_TARGETS)
@@ -376,6 +322,7 @@ def test_upgrades_and_rollbacks_leave_the_autoscalers_count_alone(api_server, tm
     assert live_replicas(env, "airflow-scheduler", ns) == 1  # the chart still owns everything else
 
 
+@pytest.mark.k8s
 def test_without_the_postrenderer_the_same_upgrade_resets_the_count(api_server, tmp_path):
     env, ns = api_server, "without-postrender"
     release(env, tmp_path, ns, task_aware_workers(1), None, install=True)

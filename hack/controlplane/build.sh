@@ -11,7 +11,7 @@
 # FORCE=1 rebuilds. The wall time of every build is printed. Usage:
 #
 #   hack/controlplane/build.sh              # everything
-#   hack/controlplane/build.sh kubernetes   # one or more of: kubernetes etcd kwok keda metrics-server
+#   hack/controlplane/build.sh kubernetes   # one or more of: kubernetes etcd kwok keda metrics-server helm
 #   hack/controlplane/build.sh --print-dir  # print each component's cache dir (name=dir), build nothing
 #
 # Needs Go (>= the go line of the wrapper go.mod files) and the Go module proxy. Builds run one at a
@@ -24,7 +24,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_root="${AIRFLOW_ON_K8S_BIN_DIR:-$HOME/.cache/airflow-on-k8s/bin}"
 # cluster-autoscaler (k8s.io/autoscaler/cluster-autoscaler, -tags kwok) is wired below but has no wrapper
 # module yet: the Go module proxy this project reaches refuses that module path (403), see the README.
-all=(kubernetes etcd kwok keda metrics-server)
+all=(kubernetes etcd kwok keda metrics-server helm)
 
 # module path of the upstream project, per wrapper module
 declare -A upstream=(
@@ -34,6 +34,7 @@ declare -A upstream=(
   [keda]=github.com/kedacore/keda/v2
   [metrics-server]=sigs.k8s.io/metrics-server
   [cluster-autoscaler]=k8s.io/autoscaler/cluster-autoscaler
+  [helm]=helm.sh/helm/v3
 )
 
 mod_field() { # <component> <go template on the upstream module>
@@ -58,6 +59,7 @@ targets() {
       ;;
     metrics-server) echo "sigs.k8s.io/metrics-server/cmd/metrics-server metrics-server" ;;
     cluster-autoscaler) echo "k8s.io/autoscaler/cluster-autoscaler cluster-autoscaler" ;;
+    helm) echo "helm.sh/helm/v3/cmd/helm helm" ;;
   esac
 }
 
@@ -86,6 +88,8 @@ ldflags_for() { # <component> <version>
     # KEDA's Makefile (GO_LDFLAGS)
     keda) printf -- "-X 'github.com/kedacore/keda/v2/version.Version=%s' -X 'github.com/kedacore/keda/v2/version.GitCommit=module-%s' " "$2" "$2" ;;
     # metrics-server's Makefile sets client-go's version variables (PKG:=k8s.io/client-go/pkg)
+    # Helm's Makefile (LDFLAGS += -X helm.sh/helm/v3/internal/version.version=...)
+    helm) printf -- "-X 'helm.sh/helm/v3/internal/version.version=%s' " "$2" ;;
     metrics-server)
       printf -- "-X 'k8s.io/client-go/pkg/version.gitVersion=%s' -X 'k8s.io/client-go/pkg/version.gitCommit=module-%s' -X 'k8s.io/client-go/pkg/version.buildDate=%s' " "$2" "$2" "$date" ;;
   esac
