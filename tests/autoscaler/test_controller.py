@@ -13,8 +13,8 @@ from urllib.error import HTTPError
 
 import pytest
 
-from tests.autoscaler.conftest import seeded_load_db, set_load
-from tests.autoscaler.fake_kube import FakeKube, pod
+from tests.autoscaler.conftest import FAST, load, queues_of
+from tests.autoscaler.fake_kube import FakeKube
 from tests.autoscaler.helpers import wait_for, wait_workers_up
 from airflow_on_k8s.autoscaler.actuators.kubernetes import DELETION_COST, MARKER, KubernetesDeploymentActuator, KubernetesLease
 from airflow_on_k8s.autoscaler.actuators.local_processes import FileLeaderLock
@@ -23,56 +23,12 @@ from airflow_on_k8s.autoscaler.metrics import Health, Metrics, MetricsServer
 from airflow_on_k8s.autoscaler.policy import Decision, PolicyConfig, ScalingPolicy
 from airflow_on_k8s.autoscaler.signals.airflow_db import AirflowDbSignal, ExecutorFilter
 
-FAST = PolicyConfig(min_workers=0, max_workers=4, worker_concurrency=2, scale_down_stabilization_s=0,
-                    scale_down_cooldown_s=0, scale_down_max_step=4)
-
-
 class Clock:
     def __init__(self):
         self.t = 0.0
 
     def __call__(self):
         return self.t
-
-
-@pytest.fixture(scope="module")
-def load_db(pg_server, tmp_path_factory):
-    """(database name, URL) with 16 task instances to move between states."""
-    url = seeded_load_db(pg_server, tmp_path_factory.mktemp("load"), "airflow_controller")
-    return "airflow_controller", url
-
-
-@pytest.fixture
-def make_controller(load_db, celery_env, pg_server):
-    made = []
-    name, url = load_db
-    set_load(pg_server, name)
-
-    def make(policy=FAST, actuator=None, lock=None, clock=None, **loop) -> Controller:
-        signal = AirflowDbSignal(url, ExecutorFilter.from_airflow_setting("CeleryExecutor"), include_queues=["default"],
-                                 connect_timeout_s=2)
-        config = ControllerConfig(**{"queues": ("default",), "drain_timeout_s": 20, "drain_poll_s": 0.3,
-                                     "drain_settle_s": 0.5, "removal_wait_s": 5, **loop})
-        controller = Controller(
-            ScalingPolicy(policy), signal, celery_env.control, actuator or celery_env.actuator,
-            lock or FileLeaderLock(celery_env.state_dir / "leader.lock"), config,
-            metrics=Metrics(), health=Health(60, 60), **({"clock": clock} if clock else {}),
-        )
-        made.append(controller)
-        return controller
-
-    yield make
-    for c in made:
-        c.lock.release()
-        c.load.close()
-
-
-def load(pg_server, load_db, queued=0, running=0):
-    set_load(pg_server, load_db[0], queued=queued, running=running)
-
-
-def queues_of(celery_env, name):
-    return celery_env.control.snapshot([f"celery@{name}"])[f"celery@{name}"].queues
 
 
 def test_scales_up_to_the_need_then_removes_only_the_idle_worker(make_controller, celery_env, pg_server, load_db):
@@ -99,14 +55,15 @@ def test_scales_up_to_the_need_then_removes_only_the_idle_worker(make_controller
 def test_drain_is_undone_when_a_task_slips_in_and_load_rises_or_it_times_out(make_controller, celery_env, pg_server, load_db):
     controller = make_controller(drain_timeout_s=2)
     [w] = celery_env.start_workers(1)
-    live = celery_env.actuator.list_workers()
+    view = celery_env.actuator.observe()
+    assert controller.lock.try_acquire()  # only a leader drains
     stale = {w: celery_env.control.snapshot([f"celery@{w}"])[f"celery@{w}"]}  # idle when looked at...
     assert not stale[w].busy
     task = celery_env.sender.sleep(6)  # ...but a task lands right after (the race KEDA-style scalers lose)
     wait_for(lambda: celery_env.control.snapshot([f"celery@{w}"])[f"celery@{w}"].busy, 10, "task on the worker")
 
     # Timeout: the worker is still busy after 2 s, so it is kept and consumes again.
-    result = controller.scale_down(1, live, stale, Decision(0, 0, "test"))
+    result = controller.scale_down(0, view, stale, Decision(0, 0, "test"))
     assert (result.removed, result.aborted) == ([], "drain timeout")
     assert queues_of(celery_env, w) == ("default",)
 
@@ -114,7 +71,7 @@ def test_drain_is_undone_when_a_task_slips_in_and_load_rises_or_it_times_out(mak
     controller.config = ControllerConfig(queues=("default",), drain_timeout_s=30, drain_poll_s=0.3, drain_settle_s=0.5)
     threading.Timer(1.0, load, args=(pg_server, load_db), kwargs={"running": 1}).start()
     started = time.monotonic()
-    result = controller.scale_down(1, live, stale, Decision(0, 0, "test"))
+    result = controller.scale_down(0, view, stale, Decision(0, 0, "test"))
     assert (result.removed, result.aborted) == ([], "load rose")
     assert time.monotonic() - started < 10
     assert queues_of(celery_env, w) == ("default",)
@@ -213,9 +170,11 @@ def test_only_the_lock_holder_acts(make_controller, celery_env, pg_server, load_
 
 
 def test_kubernetes_path_cancels_drains_then_marks_and_lowers_replicas(make_controller, celery_env, pg_server, load_db):
-    """Real Celery workers named like pods, the Deployment and its pods in the fake API server."""
+    """Real Celery workers named like pods, the Deployment, its ReplicaSet and pods in the fake API server."""
     a, b = celery_env.start_workers(2)
-    kube = FakeKube(replicas={"airflow-worker": 2}, pods={a: pod(a), b: pod(b)})
+    kube = FakeKube()
+    kube.deployment("airflow-worker", replicas=2)
+    kube.worker_pods("airflow-worker", [a, b])
     api = kube.api_client()
     controller = make_controller(
         actuator=KubernetesDeploymentActuator(api, "airflow", "airflow-worker", "component=worker"),
@@ -229,17 +188,17 @@ def test_kubernetes_path_cancels_drains_then_marks_and_lowers_replicas(make_cont
     load(pg_server, load_db, running=1)
     assert controller.run_once().desired_replicas == 1
     writes = [(m, p.rsplit("/", 1)[-1], body) for m, p, body in kube.writes() if "leases" not in p]
-    assert writes == [
-        ("PATCH", idle, {"metadata": {"annotations": {DELETION_COST: "-2147483648", MARKER: "true"}}}),
-        ("PATCH", "scale", {"spec": {"replicas": 1}}),
-    ]
-    assert queues_of(celery_env, idle) == ()  # drained before it was marked
+    assert [(m, name) for m, name, _ in writes] == [("PATCH", idle), ("PUT", "scale")]
+    assert writes[0][2] == {"metadata": {"annotations": {DELETION_COST: "-2147483648", MARKER: "true"}}}
+    # A replace of the scale subresource, conditional on the resourceVersion read before the drain.
+    assert writes[1][2]["spec"] == {"replicas": 1} and writes[1][2]["metadata"]["resourceVersion"]
     assert queues_of(celery_env, busy) == ("default",)
-    # The ReplicaSet kept the marked pod (say another pod went instead): the next loop heals it.
+    assert kube.deleted == [idle]  # the ReplicaSet deleted the marked pod
+    # Once the pod is gone, nothing is left to clean up.
+    del kube.pods[idle]
     kube.requests.clear()
     assert controller.run_once().desired_replicas == 1
-    assert ("PATCH", f"/api/v1/namespaces/airflow/pods/{idle}", {"metadata": {"annotations": {DELETION_COST: None, MARKER: None}}}) in kube.writes()
-    assert queues_of(celery_env, idle) == ("default",)
+    assert not [w for w in kube.writes() if "leases" not in w[1]]
     assert task.get(timeout=20) == f"celery@{busy}"
 
 
