@@ -15,7 +15,8 @@ import pytest
 
 from tests.autoscaler.conftest import FAST, load, queues_of
 from tests.autoscaler.fake_kube import FakeKube
-from tests.autoscaler.helpers import wait_for, wait_workers_up
+from tests.autoscaler.helpers import TaskSender, wait_for, wait_workers_up
+from airflow_on_k8s.autoscaler.signals.celery_inspect import CeleryWorkers
 from airflow_on_k8s.autoscaler.actuators.kubernetes import DELETION_COST, MARKER, KubernetesDeploymentActuator, KubernetesLease
 from airflow_on_k8s.autoscaler.actuators.local_processes import FileLeaderLock
 from airflow_on_k8s.autoscaler.controller import Controller, ControllerConfig
@@ -223,3 +224,32 @@ def test_metrics_and_probes_over_http(make_controller, celery_env, pg_server, lo
         assert "airflow_worker_autoscaler_leader 1.0" in text
     finally:
         server.stop()
+
+
+def test_a_worker_left_deaf_by_a_broker_restart_is_healed_by_the_first_loop_after_it(
+    make_controller, celery_env, redis, pg_server, load_db
+):
+    # Case 7 of issue 11. Celery <= 5.6.3: add_consumer of a known queue does not put it back into consume_from
+    # (fixed by celery#10352, unreleased), so after cancel/add and a broker reconnect a worker consumes nothing
+    # while it still answers ping (the chart's liveness probe).
+    [w] = celery_env.start_workers(1)
+    host = f"celery@{w}"
+    controller = make_controller(policy=PolicyConfig(min_workers=1, max_workers=4, worker_concurrency=2))
+    assert controller.run_once().desired_replicas == 1
+    celery_env.control.cancel_consumer([host], ["default"])  # an aborted drain...
+    celery_env.control.add_consumer([host], ["default"])  # ...given back
+    redis.stop()
+    redis.start()
+    probe = CeleryWorkers(celery_env.broker_url)
+    try:
+        wait_for(lambda: probe.ping([host]) == {host}, 40, "the worker reconnected")
+        assert probe.snapshot([host])[host].queues == ()  # deaf, as upstream's bug says
+        assert controller.run_once().desired_replicas == 1
+        assert probe.snapshot([host])[host].queues == ("default",)
+        assert controller.metrics.deaf_workers._value.get() == 1
+        assert controller.metrics.healed_workers._value.get() == 1
+        sender = TaskSender(celery_env.broker_url, celery_env.env["TEST_RESULT_BACKEND"])
+        assert sender.sleep(0.1).get(timeout=20) == host
+        sender.app.close()
+    finally:
+        probe.close()

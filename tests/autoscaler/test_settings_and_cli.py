@@ -88,6 +88,8 @@ def test_connections_fall_back_to_airflows_own_environment():
         ([*CONN, "--actuator", "nomad"], "--actuator: Input should be 'kubernetes' or 'local'"),
         ([*CONN, "--hostname-template", "celery@host"], "--hostname-template: 'celery@host' must contain {pod}"),
         (["--db-url", "sqlite:////tmp/a.db", "--broker-url", "redis://r/0"], "--db-url: sqlite:// is not a database this reads"),
+        # Case 5 of issue 11: a reply wait under kombu's BRPOP timeout re-queues other workers' running tasks.
+        ([*CONN, "--celery-timeout-s", "1"], "--celery-timeout-s: 1.0 is not above the broker's 1 s poll"),
     ],
 )
 def test_bad_settings_name_the_flag(args, message):

@@ -219,6 +219,9 @@ class WorkerAutoscaler(pulumi.ComponentResource):
                 # The leader's identity in the Lease (the --identity flag's fallback variable).
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "PYTHONPATH", "value": SOURCE_ROOT},
+                # The Celery control app is built from Airflow's own config, and Airflow writes a default
+                # airflow.cfg on first use: keep that off the read-only root filesystem.
+                {"name": "AIRFLOW_HOME", "value": "/tmp/airflow"},
                 # The source mount and the root filesystem are read-only: no __pycache__.
                 {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
                 {"name": "PYTHONUNBUFFERED", "value": "1"},

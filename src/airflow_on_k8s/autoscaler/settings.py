@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from airflow_on_k8s.autoscaler.policy import PolicyConfig
+from airflow_on_k8s.autoscaler.signals import KOMBU_REDIS_BRPOP_TIMEOUT_S
 
 ENV_PREFIX = "WORKER_AUTOSCALER_"
 
@@ -42,7 +43,8 @@ class Settings(BaseModel):
     executor: str = "CeleryExecutor"
     queues: tuple[str, ...] = ("default",)
     exclude_queues: tuple[str, ...] = ()
-    celery_timeout_s: float = Field(default=2.0, gt=0)
+    # Above kombu's Redis BRPOP timeout: a shorter reply wait polls empty and restores unacked messages.
+    celery_timeout_s: float = 2.0
     hostname_template: str = "celery@{pod}"
     # Policy
     min_workers: int = 0
@@ -93,6 +95,16 @@ class Settings(BaseModel):
             raise ValueError(f"{v!r} must contain {{pod}} exactly once, e.g. celery@{{pod}}")
         return v
 
+    @field_validator("celery_timeout_s")
+    @classmethod
+    def _reply_wait(cls, v: float) -> float:
+        if not v > KOMBU_REDIS_BRPOP_TIMEOUT_S:
+            raise ValueError(
+                f"{v} is not above the broker's {KOMBU_REDIS_BRPOP_TIMEOUT_S:g} s poll (kombu's BRPOP timeout): a shorter "
+                "wait comes back empty and kombu then re-queues other workers' running tasks; use 2 or more"
+            )
+        return v
+
     @field_validator("db_url")
     @classmethod
     def _db(cls, v: str) -> str:
@@ -130,7 +142,7 @@ _FLAGS: list[tuple[str, type, str | None, str]] = [
     ("executor", str, "AIRFLOW__CORE__EXECUTOR", "Airflow's [core] executor, to tell Celery tasks from others"),
     ("queues", str, None, "comma-separated queues the workers consume (drained and restored as a set)"),
     ("exclude-queues", str, "AIRFLOW__CELERY_KUBERNETES_EXECUTOR__KUBERNETES_QUEUE", "queues never counted"),
-    ("celery-timeout-s", float, None, "wait for Celery control replies"),
+    ("celery-timeout-s", float, None, "wait for Celery control replies, over 1 (kombu's BRPOP timeout)"),
     ("hostname-template", str, None, "worker hostname from pod name, e.g. celery@{pod}"),
     ("min-workers", int, None, "fewest workers"),
     ("max-workers", int, None, "most workers"),
