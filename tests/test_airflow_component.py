@@ -424,3 +424,17 @@ def test_task_aware_releases_drop_the_worker_replicas_through_a_post_renderer(ru
     assert os.access(command, os.X_OK)
     assert "--drop-replicas=Deployment/airflow-worker" in command.read_text()
     assert component.POSTRENDER_TARGETS == (("Deployment", component.WORKER_DEPLOYMENT),)
+
+
+def test_workers_consume_exactly_the_queues_the_autoscaler_counts_and_drains():
+    # Case 4 of issue 11: scaling.queues is the one source of the workers' queues; before, the chart's workers
+    # consumed [operators] default_queue whatever scaling.queues said.
+    cfg = parse_stack_config({"cloud": "local", "scaling": {"queues": ["etl", "default"]}})
+    celery = chart_values(AirflowArgs.from_stack(cfg), local_settings="")["workers"]["celery"]
+    shell, flag, command = celery["args"]
+    assert (shell, flag) == ("bash", "-c")
+    words = command.replace("\\\n", " ").split()
+    assert words[:4] == ["exec", "airflow", "celery", "worker"]
+    consumed = words[words.index("--queues") + 1].split(",")
+    autoscaler = dict(a.split("=", 1) for a in cfg.scaling.autoscaler_args(cfg.airflow.worker_concurrency))
+    assert consumed == autoscaler["--queues"].split(",") == ["etl", "default"]

@@ -480,7 +480,7 @@ class ScalingConfig(_Model):
     """Share of task slots to fill: workers = ceil(tasks / (concurrency x factor))."""
     # The rest tunes the task-aware autoscaler (airflow_on_k8s/autoscaler/); keda and hpa modes ignore it.
     queues: list[str] = ["default"]
-    """task-aware: Celery queues the workers consume; only their tasks count, and drains cancel them all."""
+    """Celery queues every worker consumes (the chart's worker command gets them); task-aware counts and drains these."""
     poll_interval_seconds: int = Field(default=10, ge=1, le=300)
     """task-aware: seconds between two looks at the task load."""
     scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
@@ -511,6 +511,10 @@ class ScalingConfig(_Model):
         problems = []
         if not self.queues or any(not q.strip() for q in self.queues):
             problems.append("queues: needs at least one queue name and no empty ones; the chart's workers consume default")
+        bad = [q for q in self.queues if q.strip() and not re.fullmatch(r"[A-Za-z0-9_.:-]+", q)]
+        if bad:
+            # They become the workers' `--queues` argument (airflow/component.py worker_args).
+            problems.append(f"queues: {bad} are not queue names the worker command takes; use letters, digits, '_', '.', ':', '-'")
         if self.scale_up_stabilization_seconds > self.scale_down_stabilization_seconds:
             problems.append(
                 f"scaleUpStabilizationSeconds: {self.scale_up_stabilization_seconds} is longer than "

@@ -6,6 +6,7 @@ workers are plain Celery workers started by the local-process actuator.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import urllib.request
@@ -253,3 +254,44 @@ def test_a_worker_left_deaf_by_a_broker_restart_is_healed_by_the_first_loop_afte
         sender.app.close()
     finally:
         probe.close()
+
+
+def test_no_scale_down_while_a_worker_consumes_a_queue_outside_the_configured_ones(make_controller, celery_env, pg_server, load_db):
+    # Case 4 of issue 11: a drain of the configured queues leaves a worker that also consumes `etl` taking etl
+    # tasks after it was found idle; the workers and the autoscaler must agree before anything is removed.
+    [w] = celery_env.start_workers(1)
+    celery_env.control.add_consumer([f"celery@{w}"], ["etl"])
+    controller = make_controller()
+    decision = controller.run_once()
+    assert decision.reason.startswith("hold: workers consume queues outside ['default']")
+    assert celery_env.actuator.alive() == [w]
+    assert queues_of(celery_env, w) == ("default", "etl")  # nothing cancelled
+    assert controller.metrics.queue_mismatch_workers._value.get() == 1
+    assert controller.metrics.held_scale_downs.labels("queue_mismatch")._value.get() == 1
+
+
+def test_a_drain_cancels_every_queue_the_worker_consumes_and_gives_back_exactly_those(
+    make_controller, celery_env, pg_server, load_db
+):
+    [w] = celery_env.start_workers(1)
+    celery_env.control.add_consumer([f"celery@{w}"], ["etl"])
+    controller = make_controller(queues=("default", "etl"), drain_timeout_s=2)
+    task = celery_env.sender.sleep(5)
+    wait_for(lambda: queues_of(celery_env, w) and celery_env.control.snapshot([f"celery@{w}"])[f"celery@{w}"].busy, 10,
+             "the task started")
+    stale = {w: dataclasses.replace(celery_env.control.snapshot([f"celery@{w}"])[f"celery@{w}"], active=(), reserved=())}
+    assert controller.lock.try_acquire()
+    seen = []
+    real_cancel = controller.celery.cancel_consumer
+
+    def cancel(hosts, queues):
+        seen.append(tuple(queues))
+        return real_cancel(hosts, queues)
+
+    controller.celery.cancel_consumer = cancel
+    result = controller.scale_down(0, celery_env.actuator.observe(), stale, Decision(0, 0, "test"))
+    controller.celery.cancel_consumer = real_cancel
+    assert (result.removed, result.aborted) == ([], "drain timeout")
+    assert seen == [("default", "etl")]
+    assert queues_of(celery_env, w) == ("default", "etl")
+    assert task.get(timeout=20) == f"celery@{w}"

@@ -46,6 +46,8 @@ def test_stack_scaling_section_becomes_the_same_policy_in_the_autoscaler():
         ({"scaleUpMaxStep": 1, "scaleDownMaxStep": 3}, "scaling.scaleUpMaxStep", "raise it or use 0"),
         ({"drainTimeoutSeconds": 15, "pollIntervalSeconds": 10}, "scaling.drainTimeoutSeconds", "raise it"),
         ({"queues": []}, "scaling.queues", "at least one queue"),
+        # The names reach the workers' command line (case 4 of issue 11).
+        ({"queues": ["etl; rm -rf /"]}, "scaling.queues", "use letters, digits"),
         ({"pollIntervalSeconds": 0}, "scaling.pollIntervalSeconds", "greater than or equal to 1"),
         ({"scaleDownMaxStep": 0}, "scaling.scaleDownMaxStep", "greater than or equal to 1"),
     ],

@@ -173,6 +173,8 @@ class AirflowArgs:
     # exposeUi: who may reach the UI's load balancer, or an internal one.
     ui_source_ranges: tuple[str, ...] = ()
     ui_internal_load_balancer: bool = False
+    # The Celery queues every worker consumes (scaling.queues): the autoscaler counts and drains the same ones.
+    worker_queues: tuple[str, ...] = ("default",)
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> AirflowArgs:
@@ -193,6 +195,7 @@ class AirflowArgs:
             drain_timeout_seconds=s.drain_timeout_seconds,
             ui_source_ranges=tuple(a.ui_source_ranges),
             ui_internal_load_balancer=a.ui_internal_load_balancer,
+            worker_queues=tuple(s.queues),
         )
 
 
@@ -262,6 +265,12 @@ def worker_grace_seconds(drain_timeout_seconds: int) -> int:
     return max(CHART_WORKER_GRACE_SECONDS, drain_timeout_seconds + 60)
 
 
+def worker_args(queues: tuple[str, ...]) -> list[str]:
+    """The chart's default worker command (values.yaml `workers.celery.args`: bash -c "exec airflow celery
+    worker") with the queues named: without --queues a worker consumes only [operators] default_queue."""
+    return ["bash", "-c", f"exec \\\nairflow celery worker --queues {','.join(queues)}"]
+
+
 WORKER_DEPLOYMENT = f"{RELEASE}-worker"
 # What the post-renderer takes `spec.replicas` away from in task-aware mode.
 POSTRENDER_TARGETS = (("Deployment", WORKER_DEPLOYMENT),)
@@ -284,6 +293,7 @@ def worker_values(args: AirflowArgs, service_account: dict[str, Any], groomer: d
         # "false": the Cluster Autoscaler (and GKE's) never drains a node under a busy worker; idle workers
         # are removed by the worker count's owner (the task-aware autoscaler, KEDA or the HPA).
         "safeToEvict": False,
+        "args": worker_args(args.worker_queues),
         **scaling_values(args),
     }
     workers = {key: celery[key] for key in WORKER_KEYS_SET_TWICE if key in celery}
