@@ -467,6 +467,10 @@ class AirflowConfig(_Model):
         return self
 
 
+# Airflow's `[core] parallelism` default (airflow-core config.yml: "default: 32"), per scheduler.
+AIRFLOW_DEFAULT_PARALLELISM = 32
+
+
 class ScalingConfig(_Model):
     """How the Celery workers scale: task-aware (default), keda (the chart's ScaledObject) or hpa (CPU)."""
 
@@ -535,6 +539,12 @@ class ScalingConfig(_Model):
             raise ValueError("\n".join(problems))
         return self
 
+    def parallelism(self, worker_concurrency: int) -> int:
+        """Airflow's [core] parallelism for the chart: never below Airflow's default, and never a cap on what
+        maxWorkers workers can run (the scheduler queues at most this many tasks; more wait as `scheduled`,
+        uncounted, so the workers would never scale past it)."""
+        return max(AIRFLOW_DEFAULT_PARALLELISM, self.max_workers * worker_concurrency)
+
     def autoscaler_args(self, worker_concurrency: int) -> list[str]:
         """Policy and loop flags for `python -m airflow_on_k8s.autoscaler` (the deployment adds connections and names)."""
         return [
@@ -552,6 +562,7 @@ class ScalingConfig(_Model):
             f"--drain-timeout-s={self.drain_timeout_seconds}",
             f"--drain-settle-s={self.drain_settle_seconds}",
             f"--per-queue-ceiling={str(self.per_queue_ceiling).lower()}",
+            f"--parallelism={self.parallelism(worker_concurrency)}",
         ]
 
 

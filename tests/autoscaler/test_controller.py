@@ -295,3 +295,38 @@ def test_a_drain_cancels_every_queue_the_worker_consumes_and_gives_back_exactly_
     assert seen == [("default", "etl")]
     assert queues_of(celery_env, w) == ("default", "etl")
     assert task.get(timeout=20) == f"celery@{w}"
+
+
+def set_operator(pg_server, load_db, operator: str, running: int) -> None:
+    """Give `running` of the running task instances this operator class, as Airflow records it."""
+    import psycopg2
+
+    conn = psycopg2.connect(pg_server.dsn(load_db[0]))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("UPDATE task_instance SET operator = 'EmptyOperator'")
+            cur.execute(
+                "UPDATE task_instance SET operator = %s WHERE id IN "
+                "(SELECT id FROM task_instance WHERE state = 'running' ORDER BY task_id LIMIT %s)",
+                (operator, running),
+            )
+    finally:
+        conn.close()
+
+
+def test_metrics_and_log_surface_the_parallelism_cap_and_slots_held_by_pod_operators(
+    make_controller, celery_env, pg_server, load_db, caplog
+):
+    # Case 9 of issue 11: both cap what the workers can do without the count showing it.
+    load(pg_server, load_db, running=3)
+    set_operator(pg_server, load_db, "KubernetesPodOperator", 2)
+    try:
+        controller = make_controller(task_slot_cap=3)
+        with caplog.at_level("INFO", logger="airflow_on_k8s.autoscaler"):
+            controller.run_once()
+    finally:
+        set_operator(pg_server, load_db, "EmptyOperator", 0)
+    text = controller.metrics.render().decode()
+    assert "airflow_worker_autoscaler_task_slot_cap 3.0" in text
+    assert "airflow_worker_autoscaler_kubernetes_pod_operator_slots 2.0" in text
+    assert "[core] parallelism" in caplog.text and "KubernetesPodOperator" in caplog.text

@@ -175,6 +175,7 @@ class AirflowArgs:
     ui_internal_load_balancer: bool = False
     # The Celery queues every worker consumes (scaling.queues): the autoscaler counts and drains the same ones.
     worker_queues: tuple[str, ...] = ("default",)
+    parallelism: int = 32  # [core] parallelism: ScalingConfig.parallelism, so it never caps the workers
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> AirflowArgs:
@@ -196,6 +197,7 @@ class AirflowArgs:
             ui_source_ranges=tuple(a.ui_source_ranges),
             ui_internal_load_balancer=a.ui_internal_load_balancer,
             worker_queues=tuple(s.queues),
+            parallelism=s.parallelism(a.worker_concurrency),
         )
 
 
@@ -320,7 +322,14 @@ def chart_values(
         return {"resources": RESOURCES["logGroomer"]}
 
     env = [{"name": "AIRFLOW_CONN_KUBERNETES_DEFAULT", "value": kpo_connection(args.task_namespace)}]
-    config: dict[str, Any] = {"celery": {"worker_concurrency": args.worker_concurrency}}
+    config: dict[str, Any] = {
+        "celery": {"worker_concurrency": args.worker_concurrency},
+        # The scheduler queues at most this many tasks; the autoscaler gets the same number (--parallelism).
+        "core": {"parallelism": args.parallelism},
+        # A non-deferrable KubernetesPodOperator holds a Celery slot (and blocks a drain) for its pod's whole
+        # life; deferred, it waits in the triggerer instead (KPO reads operators.default_deferrable).
+        "operators": {"default_deferrable": True},
+    }
     if log_store is not None:
         env.append({"name": f"AIRFLOW_CONN_{log_store.connection_id.upper()}", "value": log_store.connection_uri})
         config["logging"] = {

@@ -80,6 +80,8 @@ class ControllerConfig:
     # After the broker comes back, look again this often for a while: reconnecting workers may come back deaf.
     recovery_poll_s: float = 2.0
     recovery_window_s: float = 30.0
+    # Airflow's [core] parallelism x schedulers: the most tasks Airflow runs at once (0 = unknown).
+    task_slot_cap: int = 0
 
 
 @dataclass
@@ -184,7 +186,30 @@ class Controller:
         for q in loads:
             self.metrics.queued.labels(q.queue).set(q.queued)
             self.metrics.running.labels(q.queue).set(q.running)
+        self._surface_caps(loads)
         return loads, True
+
+    def _surface_caps(self, loads: tuple[QueueLoad, ...]) -> None:
+        """Two limits the count cannot show: Airflow's parallelism, and pod operators sitting in worker slots."""
+        cap = self.config.task_slot_cap
+        if cap:
+            self.metrics.task_slot_cap.set(cap)
+            total = sum(q.queued + q.running for q in loads)
+            if total >= cap:
+                log.warning("%d tasks queued or running reach Airflow's [core] parallelism x schedulers (%d): more "
+                            "wait as `scheduled` and are not counted, so workers will not scale past them", total, cap)
+        slots = getattr(self.load, "pod_operator_slots", None)
+        if slots is None:
+            return
+        try:
+            held = slots()
+        except SignalError as err:
+            self.metrics.errors.labels(err.source).inc()
+            return
+        self.metrics.kpo_slots.set(held)
+        if held:
+            log.info("%d running KubernetesPodOperator tasks hold worker slots while they wait for their pods "
+                     "(deferrable=True frees them: [operators] default_deferrable)", held)
 
     def _celery_states(self, workers: Sequence[WorkerPod]) -> dict[str, WorkerState] | None:
         """Celery state per pod name for the live workers, or None when the broker is unreachable."""

@@ -8,6 +8,7 @@ Airflow's own variables, so the autoscaler can run with the same env as an Airfl
     --executor     WORKER_AUTOSCALER_EXECUTOR,    else AIRFLOW__CORE__EXECUTOR, else CeleryExecutor
     --worker-concurrency  ...,                    else AIRFLOW__CELERY__WORKER_CONCURRENCY, else 16
     --exclude-queues      ...,                    else AIRFLOW__CELERY_KUBERNETES_EXECUTOR__KUBERNETES_QUEUE
+    --parallelism         ...,                    else AIRFLOW__CORE__PARALLELISM, else 32
 
 Bad values exit with status 2 and a message that names the flag and the fix.
 """
@@ -50,6 +51,9 @@ class Settings(BaseModel):
     min_workers: int = 0
     max_workers: int = 10
     worker_concurrency: int = 16
+    # Airflow's [core] parallelism (per scheduler) and scheduler count: they cap queued + running tasks.
+    parallelism: int = Field(default=32, ge=1)
+    schedulers: int = Field(default=1, ge=1)
     target_load_factor: float = 1.0
     scale_up_stabilization_s: float = 0.0
     scale_down_stabilization_s: float = 120.0
@@ -131,6 +135,10 @@ class Settings(BaseModel):
             raise ValueError("drain_poll_s: is longer than drain_timeout_s; lower it")
         return self
 
+    @property
+    def task_slot_cap(self) -> int:
+        return self.parallelism * self.schedulers
+
     def policy_config(self) -> PolicyConfig:
         return PolicyConfig(**{f: getattr(self, f) for f in PolicyConfig.__dataclass_fields__})
 
@@ -147,6 +155,8 @@ _FLAGS: list[tuple[str, type, str | None, str]] = [
     ("min-workers", int, None, "fewest workers"),
     ("max-workers", int, None, "most workers"),
     ("worker-concurrency", int, "AIRFLOW__CELERY__WORKER_CONCURRENCY", "task slots per worker"),
+    ("parallelism", int, "AIRFLOW__CORE__PARALLELISM", "Airflow's [core] parallelism (tasks at once, per scheduler)"),
+    ("schedulers", int, None, "number of Airflow schedulers (each applies parallelism on its own)"),
     ("target-load-factor", float, None, "share of slots to fill, (0, 1]"),
     ("scale-up-stabilization-s", float, None, "lowest recommendation over this window when scaling up"),
     ("scale-down-stabilization-s", float, None, "highest recommendation over this window when scaling down"),
