@@ -27,6 +27,10 @@ from airflow_on_k8s.autoscaler.policy import PolicyConfig
 from airflow_on_k8s.testing.local_services import PostgresServer, RedisServer, airflow_env, migrate_airflow_db, postgres_server, redis_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Child processes (workers, `python -m airflow_on_k8s.autoscaler`) import this checkout's package, not the copy the
+# virtualenv's .pth points at (another worktree's src/); pytest.ini's `pythonpath` covers only this process.
+PYTHONPATH = os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])
+os.environ["PYTHONPATH"] = PYTHONPATH
 # The autoscaler reads Airflow's own Celery config in-process: keep Airflow's files out of the home directory.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
@@ -165,7 +169,7 @@ def celery_env(redis, tmp_path) -> Iterator[CeleryEnv]:
 
     db = next(_redis_dbs)
     broker, backend = redis.url(db), redis.url(db + 1)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TEST_BROKER_URL": broker, "TEST_RESULT_BACKEND": backend}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TEST_BROKER_URL": broker, "TEST_RESULT_BACKEND": backend}
     state = tmp_path / "workers"
     actuator = LocalProcessActuator(state, plain_worker_command, env=env)
     control = CeleryWorkers(broker, timeout_s=2)
@@ -200,8 +204,9 @@ FAST = PolicyConfig(min_workers=0, max_workers=4, worker_concurrency=2, scale_do
 @pytest.fixture(scope="module")
 def load_db(pg_server, tmp_path_factory):
     """(database name, URL) with 16 task instances to move between states."""
-    url = seeded_load_db(pg_server, tmp_path_factory.mktemp("load"), "airflow_controller")
-    return "airflow_controller", url
+    name = f"airflow_controller_{next(_db_names)}"  # one per test module
+    url = seeded_load_db(pg_server, tmp_path_factory.mktemp("load"), name)
+    return name, url
 
 
 @pytest.fixture

@@ -121,7 +121,7 @@ def test_cli_once_with_the_local_actuator_starts_airflow_workers_for_the_load(pg
                AIRFLOW__CELERY__WORKER_CONCURRENCY="2", AIRFLOW_HOME=str(tmp_path / "home"))
     try:
         run = run_cli("--actuator", "local", "--local-state-dir", str(state), "--metrics-port", "0", "--once",
-                      "--celery-timeout-s", "0.5", env=env)
+                      "--celery-timeout-s", "1.5", env=env)
         assert run.returncode == 0, run.stderr[-2000:]
         assert "replicas 0 -> 2 (scale up: load needs 2 workers; load default=3q+0r)" in run.stderr
         workers = LocalProcessActuator(state, airflow_worker_command(2))

@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     controller = build_controller(settings)
+    # Importing Airflow's config (for the Celery app) reconfigures logging: put ours back.
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    logging.getLogger("airflow_on_k8s.autoscaler").disabled = False
     from airflow_on_k8s.autoscaler.metrics import MetricsServer
 
     server = MetricsServer(controller.metrics, controller.health, settings.metrics_host, settings.metrics_port).start()

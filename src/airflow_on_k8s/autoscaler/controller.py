@@ -530,6 +530,7 @@ class Controller:
         """Loop until `self.stop` is set; failures back off exponentially up to max_backoff_s."""
         stop = self.stop
         failures = 0
+        self.lock.try_acquire()  # the first loop already knows whether it leads
         self.keeper = LeaseKeeper(self.lock, stop).start()
         try:
             while not stop.is_set():
