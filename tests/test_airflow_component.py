@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -424,3 +426,46 @@ def test_task_aware_releases_drop_the_worker_replicas_through_a_post_renderer(ru
     assert os.access(command, os.X_OK)
     assert "--drop-replicas=Deployment/airflow-worker" in command.read_text()
     assert component.POSTRENDER_TARGETS == (("Deployment", component.WORKER_DEPLOYMENT),)
+
+
+def test_workers_consume_exactly_the_queues_the_autoscaler_counts_and_drains():
+    # Case 4 of issue 11: scaling.queues is the one source of the workers' queues; before, the chart's workers
+    # consumed [operators] default_queue whatever scaling.queues said.
+    cfg = parse_stack_config({"cloud": "local", "scaling": {"queues": ["etl", "default"]}})
+    celery = chart_values(AirflowArgs.from_stack(cfg), local_settings="")["workers"]["celery"]
+    shell, flag, command = celery["args"]
+    assert (shell, flag) == ("bash", "-c")
+    words = command.replace("\\\n", " ").split()
+    assert words[:4] == ["exec", "airflow", "celery", "worker"]
+    consumed = words[words.index("--queues") + 1].split(",")
+    autoscaler = dict(a.split("=", 1) for a in cfg.scaling.autoscaler_args(cfg.airflow.worker_concurrency))
+    assert consumed == autoscaler["--queues"].split(",") == ["etl", "default"]
+
+
+def airflow_env_from_chart_config(config: dict) -> dict[str, str]:
+    """The chart writes `config` into airflow.cfg (`key = value | toString`); the same as AIRFLOW__SECTION__KEY."""
+    def text(v):
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return {f"AIRFLOW__{s.upper()}__{k.upper()}": text(v) for s, opts in config.items() for k, v in opts.items()}
+
+
+def test_parallelism_never_caps_the_workers_and_pod_operators_defer(tmp_path):
+    # Case 9 of issue 11: [core] parallelism (32 per scheduler by default) caps queued + running, so with
+    # 10 workers x 16 slots the extra tasks stayed `scheduled`, uncounted; and a non-deferrable KPO holds a
+    # worker slot while it only waits for its pod.
+    cfg = parse_stack_config({"cloud": "local", "airflow": {"workerConcurrency": 16}, "scaling": {"maxWorkers": 10}})
+    config = chart_values(AirflowArgs.from_stack(cfg), local_settings="")["config"]
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), **airflow_env_from_chart_config(config)}
+    probe = (
+        "from airflow.configuration import conf\n"
+        "from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator\n"
+        "print(conf.getint('core', 'parallelism'), KubernetesPodOperator(task_id='t', image='busybox').deferrable)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    parallelism, deferrable = out.stdout.split()[-2:]
+    assert int(parallelism) >= cfg.scaling.max_workers * cfg.airflow.worker_concurrency
+    assert deferrable == "True"
+    flags = dict(a.split("=", 1) for a in cfg.scaling.autoscaler_args(cfg.airflow.worker_concurrency))
+    assert int(flags["--parallelism"]) == int(parallelism)  # the autoscaler knows the same cap

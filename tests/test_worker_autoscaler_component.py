@@ -38,7 +38,6 @@ from airflow_on_k8s.airflow.component import (
 from airflow_on_k8s.config import parse_stack_config
 from airflow_on_k8s.task_pool import TASK_POOL
 from airflow_on_k8s.versions import AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG
-from tests.autoscaler.fake_kube import pod
 from tests.autoscaler.fake_kube_events import FakeKubeWithEvents
 from tests.conftest import program_run
 from tests.test_addons import stack_config
@@ -310,7 +309,9 @@ def test_role_is_exact_named_and_bound_to_the_pods_service_account(run):
     o = objects(run)
     rules = o["Role"]["rules"]
     assert rules == [
-        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "resourceNames": [WORKER_DEPLOYMENT], "verbs": ["get", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "resourceNames": [WORKER_DEPLOYMENT],
+         "verbs": ["get", "patch", "update"]},
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [component.LEASE], "verbs": ["get", "update"]},
@@ -361,11 +362,10 @@ def test_role_allows_every_call_the_real_controller_makes_and_grants_nothing_unu
 
     settings = parsed_settings(run)
     rules = objects(run)["Role"]["rules"]
-    kube = FakeKubeWithEvents(
-        namespace=settings.namespace,
-        replicas={settings.deployment: 2},
-        pods={name: pod(name, labels=dict(WORKER_POD_LABELS)) for name in ("airflow-worker-a", "airflow-worker-b")},
-    )
+    kube = FakeKubeWithEvents(namespace=settings.namespace)
+    kube.deployment(settings.deployment, 2, match_labels=WORKER_POD_LABELS)
+    kube.worker_pods(settings.deployment, ["airflow-worker-a", "airflow-worker-b"])
+    kube.pause_controllers()  # only the API calls matter here
     api = kube.api_client()
     # The controller exactly as the pod builds it from these settings, talking to the fake API server.
     monkeypatch.setattr(config, "load_incluster_config", lambda: None)
@@ -377,11 +377,12 @@ def test_role_allows_every_call_the_real_controller_makes_and_grants_nothing_unu
     assert lease.try_acquire()  # renews it
     assert actuator.get_replicas() == 2
     actuator.set_replicas(3)
-    assert [w.name for w in actuator.list_workers()] == ["airflow-worker-a", "airflow-worker-b"]
+    view = actuator.observe()
+    assert [w.name for w in view.workers] == ["airflow-worker-a", "airflow-worker-b"]
     actuator.mark_for_removal(["airflow-worker-b"])
     actuator.clear_marks(["airflow-worker-b"])
     actuator.mark_for_removal(["airflow-worker-b"])
-    actuator.remove(["airflow-worker-b"])
+    actuator.remove(["airflow-worker-b"], view.scale.replicas - 1, view.scale)
     # A decision's event, then the same again (its count is patched).
     controller.events.recorder.event("Normal", "ScaledDown", "replicas 3 -> 2")
     controller.events.recorder.event("Normal", "ScaledDown", "replicas 3 -> 2")

@@ -467,6 +467,10 @@ class AirflowConfig(_Model):
         return self
 
 
+# Airflow's `[core] parallelism` default (airflow-core config.yml: "default: 32"), per scheduler.
+AIRFLOW_DEFAULT_PARALLELISM = 32
+
+
 class ScalingConfig(_Model):
     """How the Celery workers scale: task-aware (default), keda (the chart's ScaledObject) or hpa (CPU)."""
 
@@ -480,7 +484,7 @@ class ScalingConfig(_Model):
     """Share of task slots to fill: workers = ceil(tasks / (concurrency x factor))."""
     # The rest tunes the task-aware autoscaler (airflow_on_k8s/autoscaler/); keda and hpa modes ignore it.
     queues: list[str] = ["default"]
-    """task-aware: Celery queues the workers consume; only their tasks count, and drains cancel them all."""
+    """Celery queues every worker consumes (the chart's worker command gets them); task-aware counts and drains these."""
     poll_interval_seconds: int = Field(default=10, ge=1, le=300)
     """task-aware: seconds between two looks at the task load."""
     scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
@@ -511,6 +515,10 @@ class ScalingConfig(_Model):
         problems = []
         if not self.queues or any(not q.strip() for q in self.queues):
             problems.append("queues: needs at least one queue name and no empty ones; the chart's workers consume default")
+        bad = [q for q in self.queues if q.strip() and not re.fullmatch(r"[A-Za-z0-9_.:-]+", q)]
+        if bad:
+            # They become the workers' `--queues` argument (airflow/component.py worker_args).
+            problems.append(f"queues: {bad} are not queue names the worker command takes; use letters, digits, '_', '.', ':', '-'")
         if self.scale_up_stabilization_seconds > self.scale_down_stabilization_seconds:
             problems.append(
                 f"scaleUpStabilizationSeconds: {self.scale_up_stabilization_seconds} is longer than "
@@ -531,6 +539,12 @@ class ScalingConfig(_Model):
             raise ValueError("\n".join(problems))
         return self
 
+    def parallelism(self, worker_concurrency: int) -> int:
+        """Airflow's [core] parallelism for the chart: never below Airflow's default, and never a cap on what
+        maxWorkers workers can run (the scheduler queues at most this many tasks; more wait as `scheduled`,
+        uncounted, so the workers would never scale past it)."""
+        return max(AIRFLOW_DEFAULT_PARALLELISM, self.max_workers * worker_concurrency)
+
     def autoscaler_args(self, worker_concurrency: int) -> list[str]:
         """Policy and loop flags for `python -m airflow_on_k8s.autoscaler` (the deployment adds connections and names)."""
         return [
@@ -548,6 +562,7 @@ class ScalingConfig(_Model):
             f"--drain-timeout-s={self.drain_timeout_seconds}",
             f"--drain-settle-s={self.drain_settle_seconds}",
             f"--per-queue-ceiling={str(self.per_queue_ceiling).lower()}",
+            f"--parallelism={self.parallelism(worker_concurrency)}",
         ]
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg2
 
-from tests.autoscaler.conftest import REPO_ROOT, seed_task_instances
+from tests.autoscaler.conftest import PYTHONPATH, REPO_ROOT, seed_task_instances
 from airflow_on_k8s.testing.local_services import PostgresServer, RedisServer, airflow_env, free_port
 from airflow_on_k8s.autoscaler.actuators.local_processes import LocalProcessActuator
 from airflow_on_k8s.autoscaler.signals.celery_inspect import CeleryWorkers
@@ -63,7 +63,7 @@ class AirflowStack:
             WORKERS__MAX_FAILED_HEARTBEATS="12",
             LOGGING__LOGGING_LEVEL="INFO",
         )
-        self.env["PYTHONPATH"] = str(REPO_ROOT)
+        self.env["PYTHONPATH"] = PYTHONPATH
         self._procs: dict[str, subprocess.Popen] = {}
 
     def _start(self, name: str, args: list[str]) -> None:
@@ -179,7 +179,7 @@ class ControllerProcess:
         args = [
             "--actuator", "local", "--local-state-dir", str(state_dir), "--identity", identity,
             "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
-            "--min-workers", "0", "--max-workers", "6", "--poll-interval-s", "2", "--celery-timeout-s", "1",
+            "--min-workers", "0", "--max-workers", "6", "--poll-interval-s", "2", "--celery-timeout-s", "1.5",
             "--scale-down-stabilization-s", "10", "--scale-down-cooldown-s", "2", "--scale-down-max-step", "4",
             "--drain-poll-s", "1", "--drain-settle-s", "1", "--drain-timeout-s", "60", *extra,
         ]  # fmt: skip

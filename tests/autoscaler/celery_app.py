@@ -17,11 +17,22 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
+    # As Airflow's celery provider sets it for Redis (default_celery.py): a worker re-queues nobody's running task.
+    broker_transport_options={"visibility_timeout": 86400},
 )
 
 
 @app.task(name="sleep_then_report")
 def sleep_then_report(seconds: float) -> str:
     """Sleep, then say which worker ran it."""
+    time.sleep(seconds)
+    return current_task.request.hostname
+
+
+@app.task(name="record_then_sleep", acks_late=True)
+def record_then_sleep(path: str, seconds: float) -> str:
+    """Like an Airflow task (acks_late): append this delivery to `path`, then sleep."""
+    with open(path, "a") as f:
+        f.write(f"{current_task.request.id} {current_task.request.hostname}\n")
     time.sleep(seconds)
     return current_task.request.hostname

@@ -22,9 +22,17 @@ from pathlib import Path
 
 import pytest
 
+from airflow_on_k8s.autoscaler.policy import PolicyConfig
+
 from airflow_on_k8s.testing.local_services import PostgresServer, RedisServer, airflow_env, migrate_airflow_db, postgres_server, redis_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Child processes (workers, `python -m airflow_on_k8s.autoscaler`) import this checkout's package, not the copy the
+# virtualenv's .pth points at (another worktree's src/); pytest.ini's `pythonpath` covers only this process.
+PYTHONPATH = os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])
+os.environ["PYTHONPATH"] = PYTHONPATH
+# The autoscaler reads Airflow's own Celery config in-process: keep Airflow's files out of the home directory.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 
 
 class _TempDirs:
@@ -161,7 +169,7 @@ def celery_env(redis, tmp_path) -> Iterator[CeleryEnv]:
 
     db = next(_redis_dbs)
     broker, backend = redis.url(db), redis.url(db + 1)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TEST_BROKER_URL": broker, "TEST_RESULT_BACKEND": backend}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TEST_BROKER_URL": broker, "TEST_RESULT_BACKEND": backend}
     state = tmp_path / "workers"
     actuator = LocalProcessActuator(state, plain_worker_command, env=env)
     control = CeleryWorkers(broker, timeout_s=2)
@@ -185,3 +193,69 @@ def stack(pg_server, redis, tmp_path_factory):
     s = AirflowStack(pg_server, "airflow_e2e", redis, 50, tmp_path_factory.mktemp("airflow-e2e"), CONCURRENCY).start()
     yield s
     s.stop()
+
+
+# --- the control loop's fixtures, shared by test_controller.py and test_scale_down_safety.py ----------------------
+
+FAST = PolicyConfig(min_workers=0, max_workers=4, worker_concurrency=2, scale_down_stabilization_s=0,
+                    scale_down_cooldown_s=0, scale_down_max_step=4)
+
+
+@pytest.fixture(scope="module")
+def load_db(pg_server, tmp_path_factory):
+    """(database name, URL) with 16 task instances to move between states."""
+    name = f"airflow_controller_{next(_db_names)}"  # one per test module
+    url = seeded_load_db(pg_server, tmp_path_factory.mktemp("load"), name)
+    return name, url
+
+
+@pytest.fixture
+def make_controller(load_db, celery_env, pg_server):
+    from airflow_on_k8s.autoscaler.actuators.local_processes import FileLeaderLock
+    from airflow_on_k8s.autoscaler.controller import Controller, ControllerConfig
+    from airflow_on_k8s.autoscaler.metrics import Health, Metrics
+    from airflow_on_k8s.autoscaler.policy import ScalingPolicy
+    from airflow_on_k8s.autoscaler.signals.airflow_db import AirflowDbSignal, ExecutorFilter
+
+    made = []
+    name, url = load_db
+    set_load(pg_server, name)
+
+    def make(policy=FAST, actuator=None, lock=None, clock=None, **loop) -> Controller:
+        signal = AirflowDbSignal(url, ExecutorFilter.from_airflow_setting("CeleryExecutor"), include_queues=["default"],
+                                 connect_timeout_s=2)
+        config = ControllerConfig(**{"queues": ("default",), "drain_timeout_s": 20, "drain_poll_s": 0.3,
+                                     "drain_settle_s": 0.5, "removal_wait_s": 5, **loop})
+        controller = Controller(
+            ScalingPolicy(policy), signal, celery_env.control, actuator or celery_env.actuator,
+            lock or FileLeaderLock(celery_env.state_dir / "leader.lock"), config,
+            metrics=Metrics(), health=Health(60, 60), **({"clock": clock} if clock else {}),
+        )
+        made.append(controller)
+        return controller
+
+    yield make
+    for c in made:
+        c.stop.set()
+        c.lock.release()
+        c.load.close()
+
+
+def load(pg_server, load_db, queued=0, running=0):
+    set_load(pg_server, load_db[0], queued=queued, running=running)
+
+
+def queues_of(celery_env, name):
+    return celery_env.control.snapshot([f"celery@{name}"])[f"celery@{name}"].queues
+
+
+@pytest.fixture(params=["fake"])
+def cluster(request):
+    """The Kubernetes side of a test: the fake API server with the ReplicaSet and Deployment controllers'
+    scale-down behaviour (fake_kube.py). The test bodies use only what a real control plane offers too
+    (`deployment`, `worker_pods`, `foreign_pod`, `set_pod` as a kubelet would, `pause_controllers` /
+    `resume_controllers` as a stopped controller-manager, `settle`, `live`, `deleted`, `replicas`, `pods`,
+    `writes`, `before_write`); a real control plane (branch k8s-tier) becomes a second param implementing them."""
+    from tests.autoscaler.fake_kube import FakeKube
+
+    return FakeKube()

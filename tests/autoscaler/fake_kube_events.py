@@ -37,7 +37,7 @@ class FakeKubeWithEvents(FakeKube):
                 assert req.content_type == "application/merge-patch+json", req.content_type
                 merge_patch(self.events[name], req.body)
                 return 200, self.events[name]
-        status, payload = super()._route(req)
-        if payload.get("kind") == "Scale":
-            payload["metadata"]["uid"] = DEPLOYMENT_UID
-        return status, payload
+        return super()._route(req)
+
+    def deployment_uid(self, name: str) -> str:
+        return DEPLOYMENT_UID

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import redis as redis_client
 
 from tests.autoscaler.conftest import REPO_ROOT
 from tests.autoscaler.helpers import plain_worker_command, wait_for
@@ -157,3 +158,38 @@ def test_unreachable_broker_raises_signal_error_within_seconds():
     finally:
         control.close()
     assert time.monotonic() - started < 10
+
+
+def test_polling_the_workers_never_hands_a_running_acks_late_task_to_a_second_worker(celery_env, tmp_path):
+    # Case 5 of issue 11. kombu's Redis poller re-queues every unacked message older than *its client's*
+    # visibility_timeout whenever a poll comes back empty (MultiChannelPoller.get -> maybe_restore_messages), and a
+    # reply wait shorter than BRPOP's 1 s always does when a destination does not answer (a starting pod).
+    [w] = celery_env.start_workers(1)
+    starts = tmp_path / "starts"
+    celery_env.sender.app.send_task("record_then_sleep", args=[str(starts), 40], queue="default")
+    wait_for(lambda: starts.exists() and len(starts.read_text().splitlines()) == 1, 15, "the task started")
+    broker = redis_client.Redis.from_url(celery_env.broker_url)
+    [(tag, score)] = broker.zrange("unacked_index", 0, -1, withscores=True)
+    # Running for 4000 s: past kombu's default 3600 s, well within Airflow's 86400 s.
+    broker.zadd("unacked_index", {tag: score - 4000})
+    control = CeleryWorkers(celery_env.broker_url, timeout_s=0.5)
+    try:
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            control.snapshot([f"celery@{w}", "celery@pod-still-starting"])
+    finally:
+        control.close()
+        broker.close()
+    time.sleep(3)
+    assert len(starts.read_text().splitlines()) == 1, f"delivered twice: {starts.read_text()}"
+
+
+def test_the_first_call_after_a_broker_restart_reconnects(celery_env, redis):
+    [w] = celery_env.start_workers(1)
+    host = f"celery@{w}"
+    control = celery_env.control
+    assert control.ping([host]) == {host}
+    redis.stop()
+    redis.start()
+    wait_for(lambda: CeleryWorkers(celery_env.broker_url).ping([host]) == {host}, 40, "the worker reconnected")
+    assert control.ping([host]) == {host}  # the long-lived client's dead connection is replaced, not reported

@@ -6,6 +6,7 @@ workers are plain Celery workers started by the local-process actuator.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import urllib.request
@@ -13,9 +14,10 @@ from urllib.error import HTTPError
 
 import pytest
 
-from tests.autoscaler.conftest import seeded_load_db, set_load
-from tests.autoscaler.fake_kube import FakeKube, pod
-from tests.autoscaler.helpers import wait_for, wait_workers_up
+from tests.autoscaler.conftest import FAST, load, queues_of
+from tests.autoscaler.fake_kube import FakeKube
+from tests.autoscaler.helpers import TaskSender, wait_for, wait_workers_up
+from airflow_on_k8s.autoscaler.signals.celery_inspect import CeleryWorkers
 from airflow_on_k8s.autoscaler.actuators.kubernetes import DELETION_COST, MARKER, KubernetesDeploymentActuator, KubernetesLease
 from airflow_on_k8s.autoscaler.actuators.local_processes import FileLeaderLock
 from airflow_on_k8s.autoscaler.controller import Controller, ControllerConfig
@@ -23,56 +25,12 @@ from airflow_on_k8s.autoscaler.metrics import Health, Metrics, MetricsServer
 from airflow_on_k8s.autoscaler.policy import Decision, PolicyConfig, ScalingPolicy
 from airflow_on_k8s.autoscaler.signals.airflow_db import AirflowDbSignal, ExecutorFilter
 
-FAST = PolicyConfig(min_workers=0, max_workers=4, worker_concurrency=2, scale_down_stabilization_s=0,
-                    scale_down_cooldown_s=0, scale_down_max_step=4)
-
-
 class Clock:
     def __init__(self):
         self.t = 0.0
 
     def __call__(self):
         return self.t
-
-
-@pytest.fixture(scope="module")
-def load_db(pg_server, tmp_path_factory):
-    """(database name, URL) with 16 task instances to move between states."""
-    url = seeded_load_db(pg_server, tmp_path_factory.mktemp("load"), "airflow_controller")
-    return "airflow_controller", url
-
-
-@pytest.fixture
-def make_controller(load_db, celery_env, pg_server):
-    made = []
-    name, url = load_db
-    set_load(pg_server, name)
-
-    def make(policy=FAST, actuator=None, lock=None, clock=None, **loop) -> Controller:
-        signal = AirflowDbSignal(url, ExecutorFilter.from_airflow_setting("CeleryExecutor"), include_queues=["default"],
-                                 connect_timeout_s=2)
-        config = ControllerConfig(**{"queues": ("default",), "drain_timeout_s": 20, "drain_poll_s": 0.3,
-                                     "drain_settle_s": 0.5, "removal_wait_s": 5, **loop})
-        controller = Controller(
-            ScalingPolicy(policy), signal, celery_env.control, actuator or celery_env.actuator,
-            lock or FileLeaderLock(celery_env.state_dir / "leader.lock"), config,
-            metrics=Metrics(), health=Health(60, 60), **({"clock": clock} if clock else {}),
-        )
-        made.append(controller)
-        return controller
-
-    yield make
-    for c in made:
-        c.lock.release()
-        c.load.close()
-
-
-def load(pg_server, load_db, queued=0, running=0):
-    set_load(pg_server, load_db[0], queued=queued, running=running)
-
-
-def queues_of(celery_env, name):
-    return celery_env.control.snapshot([f"celery@{name}"])[f"celery@{name}"].queues
 
 
 def test_scales_up_to_the_need_then_removes_only_the_idle_worker(make_controller, celery_env, pg_server, load_db):
@@ -99,14 +57,15 @@ def test_scales_up_to_the_need_then_removes_only_the_idle_worker(make_controller
 def test_drain_is_undone_when_a_task_slips_in_and_load_rises_or_it_times_out(make_controller, celery_env, pg_server, load_db):
     controller = make_controller(drain_timeout_s=2)
     [w] = celery_env.start_workers(1)
-    live = celery_env.actuator.list_workers()
+    view = celery_env.actuator.observe()
+    assert controller.lock.try_acquire()  # only a leader drains
     stale = {w: celery_env.control.snapshot([f"celery@{w}"])[f"celery@{w}"]}  # idle when looked at...
     assert not stale[w].busy
     task = celery_env.sender.sleep(6)  # ...but a task lands right after (the race KEDA-style scalers lose)
     wait_for(lambda: celery_env.control.snapshot([f"celery@{w}"])[f"celery@{w}"].busy, 10, "task on the worker")
 
     # Timeout: the worker is still busy after 2 s, so it is kept and consumes again.
-    result = controller.scale_down(1, live, stale, Decision(0, 0, "test"))
+    result = controller.scale_down(0, view, stale, Decision(0, 0, "test"))
     assert (result.removed, result.aborted) == ([], "drain timeout")
     assert queues_of(celery_env, w) == ("default",)
 
@@ -114,7 +73,7 @@ def test_drain_is_undone_when_a_task_slips_in_and_load_rises_or_it_times_out(mak
     controller.config = ControllerConfig(queues=("default",), drain_timeout_s=30, drain_poll_s=0.3, drain_settle_s=0.5)
     threading.Timer(1.0, load, args=(pg_server, load_db), kwargs={"running": 1}).start()
     started = time.monotonic()
-    result = controller.scale_down(1, live, stale, Decision(0, 0, "test"))
+    result = controller.scale_down(0, view, stale, Decision(0, 0, "test"))
     assert (result.removed, result.aborted) == ([], "load rose")
     assert time.monotonic() - started < 10
     assert queues_of(celery_env, w) == ("default",)
@@ -213,9 +172,11 @@ def test_only_the_lock_holder_acts(make_controller, celery_env, pg_server, load_
 
 
 def test_kubernetes_path_cancels_drains_then_marks_and_lowers_replicas(make_controller, celery_env, pg_server, load_db):
-    """Real Celery workers named like pods, the Deployment and its pods in the fake API server."""
+    """Real Celery workers named like pods, the Deployment, its ReplicaSet and pods in the fake API server."""
     a, b = celery_env.start_workers(2)
-    kube = FakeKube(replicas={"airflow-worker": 2}, pods={a: pod(a), b: pod(b)})
+    kube = FakeKube()
+    kube.deployment("airflow-worker", replicas=2)
+    kube.worker_pods("airflow-worker", [a, b])
     api = kube.api_client()
     controller = make_controller(
         actuator=KubernetesDeploymentActuator(api, "airflow", "airflow-worker", "component=worker"),
@@ -229,17 +190,17 @@ def test_kubernetes_path_cancels_drains_then_marks_and_lowers_replicas(make_cont
     load(pg_server, load_db, running=1)
     assert controller.run_once().desired_replicas == 1
     writes = [(m, p.rsplit("/", 1)[-1], body) for m, p, body in kube.writes() if "leases" not in p]
-    assert writes == [
-        ("PATCH", idle, {"metadata": {"annotations": {DELETION_COST: "-2147483648", MARKER: "true"}}}),
-        ("PATCH", "scale", {"spec": {"replicas": 1}}),
-    ]
-    assert queues_of(celery_env, idle) == ()  # drained before it was marked
+    assert [(m, name) for m, name, _ in writes] == [("PATCH", idle), ("PUT", "scale")]
+    assert writes[0][2] == {"metadata": {"annotations": {DELETION_COST: "-2147483648", MARKER: "true"}}}
+    # A replace of the scale subresource, conditional on the resourceVersion read before the drain.
+    assert writes[1][2]["spec"] == {"replicas": 1} and writes[1][2]["metadata"]["resourceVersion"]
     assert queues_of(celery_env, busy) == ("default",)
-    # The ReplicaSet kept the marked pod (say another pod went instead): the next loop heals it.
+    assert kube.deleted == [idle]  # the ReplicaSet deleted the marked pod
+    # Once the pod is gone, nothing is left to clean up.
+    del kube.pods[idle]
     kube.requests.clear()
     assert controller.run_once().desired_replicas == 1
-    assert ("PATCH", f"/api/v1/namespaces/airflow/pods/{idle}", {"metadata": {"annotations": {DELETION_COST: None, MARKER: None}}}) in kube.writes()
-    assert queues_of(celery_env, idle) == ("default",)
+    assert not [w for w in kube.writes() if "leases" not in w[1]]
     assert task.get(timeout=20) == f"celery@{busy}"
 
 
@@ -264,3 +225,108 @@ def test_metrics_and_probes_over_http(make_controller, celery_env, pg_server, lo
         assert "airflow_worker_autoscaler_leader 1.0" in text
     finally:
         server.stop()
+
+
+def test_a_worker_left_deaf_by_a_broker_restart_is_healed_by_the_first_loop_after_it(
+    make_controller, celery_env, redis, pg_server, load_db
+):
+    # Case 7 of issue 11. Celery <= 5.6.3: add_consumer of a known queue does not put it back into consume_from
+    # (fixed by celery#10352, unreleased), so after cancel/add and a broker reconnect a worker consumes nothing
+    # while it still answers ping (the chart's liveness probe).
+    [w] = celery_env.start_workers(1)
+    host = f"celery@{w}"
+    controller = make_controller(policy=PolicyConfig(min_workers=1, max_workers=4, worker_concurrency=2))
+    assert controller.run_once().desired_replicas == 1
+    celery_env.control.cancel_consumer([host], ["default"])  # an aborted drain...
+    celery_env.control.add_consumer([host], ["default"])  # ...given back
+    redis.stop()
+    redis.start()
+    probe = CeleryWorkers(celery_env.broker_url)
+    try:
+        wait_for(lambda: probe.ping([host]) == {host}, 40, "the worker reconnected")
+        assert probe.snapshot([host])[host].queues == ()  # deaf, as upstream's bug says
+        assert controller.run_once().desired_replicas == 1
+        assert probe.snapshot([host])[host].queues == ("default",)
+        assert controller.metrics.deaf_workers._value.get() == 1
+        assert controller.metrics.healed_workers._value.get() == 1
+        sender = TaskSender(celery_env.broker_url, celery_env.env["TEST_RESULT_BACKEND"])
+        assert sender.sleep(0.1).get(timeout=20) == host
+        sender.app.close()
+    finally:
+        probe.close()
+
+
+def test_no_scale_down_while_a_worker_consumes_a_queue_outside_the_configured_ones(make_controller, celery_env, pg_server, load_db):
+    # Case 4 of issue 11: a drain of the configured queues leaves a worker that also consumes `etl` taking etl
+    # tasks after it was found idle; the workers and the autoscaler must agree before anything is removed.
+    [w] = celery_env.start_workers(1)
+    celery_env.control.add_consumer([f"celery@{w}"], ["etl"])
+    controller = make_controller()
+    decision = controller.run_once()
+    assert decision.reason.startswith("hold: workers consume queues outside ['default']")
+    assert celery_env.actuator.alive() == [w]
+    assert queues_of(celery_env, w) == ("default", "etl")  # nothing cancelled
+    assert controller.metrics.queue_mismatch_workers._value.get() == 1
+    assert controller.metrics.held_scale_downs.labels("queue_mismatch")._value.get() == 1
+
+
+def test_a_drain_cancels_every_queue_the_worker_consumes_and_gives_back_exactly_those(
+    make_controller, celery_env, pg_server, load_db
+):
+    [w] = celery_env.start_workers(1)
+    celery_env.control.add_consumer([f"celery@{w}"], ["etl"])
+    controller = make_controller(queues=("default", "etl"), drain_timeout_s=2)
+    task = celery_env.sender.sleep(5)
+    wait_for(lambda: queues_of(celery_env, w) and celery_env.control.snapshot([f"celery@{w}"])[f"celery@{w}"].busy, 10,
+             "the task started")
+    stale = {w: dataclasses.replace(celery_env.control.snapshot([f"celery@{w}"])[f"celery@{w}"], active=(), reserved=())}
+    assert controller.lock.try_acquire()
+    seen = []
+    real_cancel = controller.celery.cancel_consumer
+
+    def cancel(hosts, queues):
+        seen.append(tuple(queues))
+        return real_cancel(hosts, queues)
+
+    controller.celery.cancel_consumer = cancel
+    result = controller.scale_down(0, celery_env.actuator.observe(), stale, Decision(0, 0, "test"))
+    controller.celery.cancel_consumer = real_cancel
+    assert (result.removed, result.aborted) == ([], "drain timeout")
+    assert seen == [("default", "etl")]
+    assert queues_of(celery_env, w) == ("default", "etl")
+    assert task.get(timeout=20) == f"celery@{w}"
+
+
+def set_operator(pg_server, load_db, operator: str, running: int) -> None:
+    """Give `running` of the running task instances this operator class, as Airflow records it."""
+    import psycopg2
+
+    conn = psycopg2.connect(pg_server.dsn(load_db[0]))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("UPDATE task_instance SET operator = 'EmptyOperator'")
+            cur.execute(
+                "UPDATE task_instance SET operator = %s WHERE id IN "
+                "(SELECT id FROM task_instance WHERE state = 'running' ORDER BY task_id LIMIT %s)",
+                (operator, running),
+            )
+    finally:
+        conn.close()
+
+
+def test_metrics_and_log_surface_the_parallelism_cap_and_slots_held_by_pod_operators(
+    make_controller, celery_env, pg_server, load_db, caplog
+):
+    # Case 9 of issue 11: both cap what the workers can do without the count showing it.
+    load(pg_server, load_db, running=3)
+    set_operator(pg_server, load_db, "KubernetesPodOperator", 2)
+    try:
+        controller = make_controller(task_slot_cap=3)
+        with caplog.at_level("INFO", logger="airflow_on_k8s.autoscaler"):
+            controller.run_once()
+    finally:
+        set_operator(pg_server, load_db, "EmptyOperator", 0)
+    text = controller.metrics.render().decode()
+    assert "airflow_worker_autoscaler_task_slot_cap 3.0" in text
+    assert "airflow_worker_autoscaler_kubernetes_pod_operator_slots 2.0" in text
+    assert "[core] parallelism" in caplog.text and "KubernetesPodOperator" in caplog.text

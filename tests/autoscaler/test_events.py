@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from airflow_on_k8s.autoscaler.actuators import WorkerPod
+from airflow_on_k8s.autoscaler.actuators import ScaleTarget, WorkerPod, WorkerView
 from airflow_on_k8s.autoscaler.actuators.events import (
     AGGREGATE_INTERVAL_S,
     AGGREGATE_MAX_EVENTS,
@@ -171,15 +171,18 @@ class Workers:
     def list_workers(self):
         return [WorkerPod(n, ready=True) for n in self.names()]
 
+    def observe(self):
+        return WorkerView(ScaleTarget(self.replicas), self.list_workers())
+
     def mark_for_removal(self, names):
         pass
 
     def clear_marks(self, names):
         pass
 
-    def remove(self, names):
+    def remove(self, names, replicas=None, expected=None):
         self.removed += names
-        self.replicas -= len(names)
+        self.replicas = self.replicas - len(names) if replicas is None else replicas
 
     # Celery
     def snapshot(self, hosts):
@@ -200,6 +203,8 @@ class Workers:
 
 class Lock:
     identity = "me"
+    held = True
+    retry_period_s = 1.0
 
     def try_acquire(self):
         return True

@@ -8,11 +8,12 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.autoscaler.fake_kube import FakeKube, pod
-from airflow_on_k8s.autoscaler.actuators import WorkerPod
+from airflow_on_k8s.autoscaler.actuators import ScaleConflict, ScaleTarget, WorkerPod
 from airflow_on_k8s.autoscaler.actuators.kubernetes import CHOSEN_COST, DELETION_COST, MARKER, KubernetesDeploymentActuator, KubernetesLease
 
 SCALE = "/apis/apps/v1/namespaces/airflow/deployments/airflow-worker/scale"
 PODS = "/api/v1/namespaces/airflow/pods"
+REPLICA_SETS = "/apis/apps/v1/namespaces/airflow/replicasets"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/airflow/leases"
 
 
@@ -36,35 +37,64 @@ def test_reads_and_patches_the_scale_subresource(kube, actuator):
     assert kube.replicas["airflow-worker"] == 5
 
 
-def test_lists_worker_pods_by_selector_with_readiness_deletion_and_marks(kube, actuator):
+def test_lists_the_deployments_own_pods_by_its_selector_with_what_the_replicaset_ranks_them_by(kube, actuator):
     labels = {"component": "worker", "release": "airflow"}
-    kube.pods = {
-        "w-b": pod("w-b", labels=labels),
-        "w-a": pod("w-a", labels=labels, ready=False, phase="Pending"),
-        "w-c": pod("w-c", labels=labels, deleting=True, annotations={MARKER: "true", DELETION_COST: CHOSEN_COST}),
-        "w-done": pod("w-done", labels=labels, phase="Succeeded", ready=False),
-        "scheduler": pod("scheduler", labels={"component": "scheduler", "release": "airflow"}),
-    }
-    assert actuator.list_workers() == [
-        WorkerPod("w-a", ready=False, terminating=False, marked=False),
-        WorkerPod("w-b", ready=True, terminating=False, marked=False),
-        WorkerPod("w-c", ready=True, terminating=True, marked=True),
+    kube.deployment("airflow-worker", 3, match_labels=labels)
+    kube.worker_pods("airflow-worker", ["w-b"])
+    kube.worker_pods("airflow-worker", ["w-a"], ready=False, phase="Pending", node=None)
+    kube.worker_pods("airflow-worker", ["w-c"], deleting=True, annotations={MARKER: "true", DELETION_COST: CHOSEN_COST})
+    kube.worker_pods("airflow-worker", ["w-done"], phase="Succeeded", ready=False)
+    kube.pods["scheduler"] = pod("scheduler", labels={"component": "scheduler", "release": "airflow"})
+    kube.foreign_pod("ke-pod", phase="Pending", ready=False, node=None)
+    kube.pods["ke-pod"]["metadata"]["labels"] = dict(labels)
+    view = actuator.observe()
+    assert view.workers == [
+        WorkerPod("w-a", ready=False, phase="Pending", node=None, containers_started=False, template_hash="h1"),
+        WorkerPod("w-b", ready=True, node="node-1", template_hash="h1"),
+        WorkerPod("w-c", ready=True, terminating=True, marked=True, node="node-1", template_hash="h1",
+                  deletion_cost=-(2**31)),
     ]
-    [req] = kube.requests
-    assert (req.method, req.path, req.query["labelSelector"]) == ("GET", PODS, "component=worker,release=airflow")
+    assert view.scale == ScaleTarget(3, kube._deployment_version("airflow-worker"))
+    assert view.foreign == ["ke-pod"] and view.replica_sets == 1
+    scale, replica_sets, pods = kube.requests
+    # The pods and ReplicaSets are found by the Deployment's own selector, as the scale subresource states it.
+    assert (scale.method, scale.path) == ("GET", SCALE)
+    assert (replica_sets.path, replica_sets.query["labelSelector"]) == (REPLICA_SETS, "component=worker,release=airflow")
+    assert (pods.path, pods.query["labelSelector"]) == (PODS, "component=worker,release=airflow")
 
 
-def test_marks_the_chosen_pods_with_the_lowest_deletion_cost_then_lowers_replicas(kube, actuator):
-    kube.pods = {n: pod(n) for n in ("w-1", "w-2", "w-3")}
+def test_a_second_replicaset_with_pods_or_replicas_is_a_rollout(kube, actuator):
+    kube.deployment("airflow-worker", 3)
+    kube.worker_pods("airflow-worker", ["w-1", "w-2"], template_hash="old", age=5)
+    assert actuator.observe().replica_sets == 1
+    kube.replica_set("airflow-worker", "new", replicas=1)  # scaled up, no pod yet
+    assert actuator.observe().replica_sets == 2
+
+
+def test_marks_the_chosen_pods_with_the_lowest_deletion_cost_then_lowers_replicas_if_unchanged(kube, actuator):
+    kube.deployment("airflow-worker", 3)
+    kube.worker_pods("airflow-worker", ["w-1", "w-2", "w-3"])
+    read = actuator.observe().scale
+    kube.requests.clear()
     actuator.mark_for_removal(["w-1", "w-3"])
-    actuator.remove(["w-1", "w-3"])
-    assert kube.writes() == [
+    actuator.remove(["w-1", "w-3"], 1, read)
+    assert [(m, p, b if m == "PATCH" else (b["metadata"]["resourceVersion"], b["spec"])) for m, p, b in kube.writes()] == [
         ("PATCH", f"{PODS}/w-1", {"metadata": {"annotations": {DELETION_COST: "-2147483648", MARKER: "true"}}}),
         ("PATCH", f"{PODS}/w-3", {"metadata": {"annotations": {DELETION_COST: "-2147483648", MARKER: "true"}}}),
-        ("PATCH", SCALE, {"spec": {"replicas": 1}}),
+        ("PUT", SCALE, (read.version, {"replicas": 1})),
     ]
-    assert kube.pods["w-1"]["metadata"]["annotations"] == {DELETION_COST: "-2147483648", MARKER: "true"}
     assert kube.pods["w-2"]["metadata"]["annotations"] == {}
+    assert kube.deleted == ["w-1", "w-3"]  # the ReplicaSet took the marked pods
+
+
+def test_lowering_replicas_fails_with_a_conflict_when_someone_else_scaled_meanwhile(kube, actuator):
+    kube.deployment("airflow-worker", 3)
+    kube.worker_pods("airflow-worker", ["w-1", "w-2", "w-3"])
+    read = actuator.observe().scale
+    actuator.set_replicas(4)  # e.g. a Helm upgrade
+    with pytest.raises(ScaleConflict):
+        actuator.remove(["w-1"], 2, read)
+    assert kube.replicas["airflow-worker"] == 4
 
 
 def test_clearing_marks_deletes_both_annotations_and_ignores_vanished_pods(kube, actuator):

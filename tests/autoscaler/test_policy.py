@@ -17,7 +17,9 @@ from airflow_on_k8s.autoscaler.policy import (
     QueueLoad,
     ScalingPolicy,
     WorkerLoad,
+    RemovalCandidate,
     choose_workers_to_remove,
+    plan_removal,
     deletion_cost,
     raw_desired_workers,
 )
@@ -311,3 +313,62 @@ def test_never_chooses_a_busy_worker_while_an_idle_one_is_left(specs, count):
     for gone in busy_chosen:
         for kept in busy_left:
             assert (gone.ready, deletion_cost(gone, now)) <= (kept.ready, deletion_cost(kept, now))
+
+
+# --- plan_removal: only pods the ReplicaSet itself deletes first --------------------------------------------------
+
+def cand(name, *, node=True, phase="Running", ready=True, busy=False, cost=0, started=()):
+    return RemovalCandidate(name, assigned=node, phase=phase, ready=ready, busy=busy, task_start_times=started,
+                            deletion_cost=cost)
+
+
+@pytest.mark.parametrize(
+    "pods, count, chosen, reason",
+    [
+        # All ready in one ReplicaSet: our lowest cost decides, so any idle pod can go.
+        ([cand("busy", busy=True, started=(0,)), cand("idle")], 1, ("idle",), ""),
+        # A busy pod that is not ready (sidecar restart, NotReady node) ranks before any cost: hold.
+        ([cand("busy", ready=False, busy=True), cand("idle")], 1, (), "busy worker busy (not ready) would be deleted first"),
+        ([cand("busy", phase="Unknown", busy=True), cand("idle")], 1, (), "busy worker busy (Unknown) would be deleted first"),
+        ([cand("busy", phase="Pending", busy=True), cand("idle")], 1, (), "busy worker busy (Pending) would be deleted first"),
+        ([cand("busy", node=False, phase="Pending", busy=True), cand("idle")], 1, (), "busy worker busy (unassigned)"),
+        # Idle pods that rank first go first; the busy one behind them is safe.
+        ([cand("idle-ready"), cand("pending", node=False, phase="Pending", ready=False),
+          cand("busy", busy=True)], 2, ("pending", "idle-ready"), ""),
+        # Two to remove, but the second would need a busy not-ready pod to go before it: remove one.
+        ([cand("idle-unready", ready=False), cand("busy-unready", ready=False, busy=True), cand("idle")], 2,
+         ("idle-unready",), "stopped at busy worker busy-unready"),
+        # Within a rank, the cheapest idle first; busy pods only after every idle one.
+        ([cand("b"), cand("a"), cand("busy", busy=True)], 1, ("a",), ""),
+        # Someone else's mark as low as ours: the ReplicaSet would toss a coin.
+        ([cand("idle"), cand("theirs", busy=True, cost=-(2**31))], 1, (), "theirs already carry the lowest pod-deletion-cost"),
+        ([cand("busy", busy=True)], 1, (), "no idle worker"),
+        ([cand("idle")], 0, (), "nothing to remove"),
+    ],
+)
+def test_plan_removal_chooses_only_a_prefix_of_the_replicasets_deletion_order(pods, count, chosen, reason):
+    plan = plan_removal(pods, count, now=100.0)
+    assert plan.chosen == chosen
+    assert plan.reason.startswith(reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.builds(cand, st.sampled_from("abcdefgh"), node=st.booleans(), phase=st.sampled_from(["Pending", "Unknown", "Running"]),
+                  ready=st.booleans(), busy=st.booleans()),
+        min_size=1, max_size=8, unique_by=lambda c: c.name,
+    ),
+    st.integers(min_value=0, max_value=8),
+)
+def test_the_replicaset_order_with_our_marks_deletes_exactly_the_chosen_idle_pods(pods, count):
+    from bench.replicaset import RsPod, pods_to_delete
+
+    plan = plan_removal(pods, count, now=100.0)
+    assert len(plan.chosen) <= count
+    assert not {p.name for p in pods if p.busy} & set(plan.chosen)
+    # Ported victim order (pkg/controller/controller_utils.go): with the chosen marked, lowering replicas by
+    # their number deletes exactly them.
+    rs = [RsPod(p.name, p.name, "node" if p.assigned else None, p.phase, p.ready, 0.0, 0.0,
+                deletion_cost=-(2**31) if p.name in plan.chosen else 0) for p in pods]
+    assert set(pods_to_delete(rs, len(plan.chosen), now=1.0)) == set(plan.chosen)

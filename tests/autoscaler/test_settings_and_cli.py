@@ -46,6 +46,8 @@ def test_stack_scaling_section_becomes_the_same_policy_in_the_autoscaler():
         ({"scaleUpMaxStep": 1, "scaleDownMaxStep": 3}, "scaling.scaleUpMaxStep", "raise it or use 0"),
         ({"drainTimeoutSeconds": 15, "pollIntervalSeconds": 10}, "scaling.drainTimeoutSeconds", "raise it"),
         ({"queues": []}, "scaling.queues", "at least one queue"),
+        # The names reach the workers' command line (case 4 of issue 11).
+        ({"queues": ["etl; rm -rf /"]}, "scaling.queues", "use letters, digits"),
         ({"pollIntervalSeconds": 0}, "scaling.pollIntervalSeconds", "greater than or equal to 1"),
         ({"scaleDownMaxStep": 0}, "scaling.scaleDownMaxStep", "greater than or equal to 1"),
     ],
@@ -88,6 +90,8 @@ def test_connections_fall_back_to_airflows_own_environment():
         ([*CONN, "--actuator", "nomad"], "--actuator: Input should be 'kubernetes' or 'local'"),
         ([*CONN, "--hostname-template", "celery@host"], "--hostname-template: 'celery@host' must contain {pod}"),
         (["--db-url", "sqlite:////tmp/a.db", "--broker-url", "redis://r/0"], "--db-url: sqlite:// is not a database this reads"),
+        # Case 5 of issue 11: a reply wait under kombu's BRPOP timeout re-queues other workers' running tasks.
+        ([*CONN, "--celery-timeout-s", "1"], "--celery-timeout-s: 1.0 is not above the broker's 1 s poll"),
     ],
 )
 def test_bad_settings_name_the_flag(args, message):
@@ -117,7 +121,7 @@ def test_cli_once_with_the_local_actuator_starts_airflow_workers_for_the_load(pg
                AIRFLOW__CELERY__WORKER_CONCURRENCY="2", AIRFLOW_HOME=str(tmp_path / "home"))
     try:
         run = run_cli("--actuator", "local", "--local-state-dir", str(state), "--metrics-port", "0", "--once",
-                      "--celery-timeout-s", "0.5", env=env)
+                      "--celery-timeout-s", "1.5", env=env)
         assert run.returncode == 0, run.stderr[-2000:]
         assert "replicas 0 -> 2 (scale up: load needs 2 workers; load default=3q+0r)" in run.stderr
         workers = LocalProcessActuator(state, airflow_worker_command(2))

@@ -173,6 +173,9 @@ class AirflowArgs:
     # exposeUi: who may reach the UI's load balancer, or an internal one.
     ui_source_ranges: tuple[str, ...] = ()
     ui_internal_load_balancer: bool = False
+    # The Celery queues every worker consumes (scaling.queues): the autoscaler counts and drains the same ones.
+    worker_queues: tuple[str, ...] = ("default",)
+    parallelism: int = 32  # [core] parallelism: ScalingConfig.parallelism, so it never caps the workers
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> AirflowArgs:
@@ -193,6 +196,8 @@ class AirflowArgs:
             drain_timeout_seconds=s.drain_timeout_seconds,
             ui_source_ranges=tuple(a.ui_source_ranges),
             ui_internal_load_balancer=a.ui_internal_load_balancer,
+            worker_queues=tuple(s.queues),
+            parallelism=s.parallelism(a.worker_concurrency),
         )
 
 
@@ -262,6 +267,12 @@ def worker_grace_seconds(drain_timeout_seconds: int) -> int:
     return max(CHART_WORKER_GRACE_SECONDS, drain_timeout_seconds + 60)
 
 
+def worker_args(queues: tuple[str, ...]) -> list[str]:
+    """The chart's default worker command (values.yaml `workers.celery.args`: bash -c "exec airflow celery
+    worker") with the queues named: without --queues a worker consumes only [operators] default_queue."""
+    return ["bash", "-c", f"exec \\\nairflow celery worker --queues {','.join(queues)}"]
+
+
 WORKER_DEPLOYMENT = f"{RELEASE}-worker"
 # What the post-renderer takes `spec.replicas` away from in task-aware mode.
 POSTRENDER_TARGETS = (("Deployment", WORKER_DEPLOYMENT),)
@@ -284,6 +295,7 @@ def worker_values(args: AirflowArgs, service_account: dict[str, Any], groomer: d
         # "false": the Cluster Autoscaler (and GKE's) never drains a node under a busy worker; idle workers
         # are removed by the worker count's owner (the task-aware autoscaler, KEDA or the HPA).
         "safeToEvict": False,
+        "args": worker_args(args.worker_queues),
         **scaling_values(args),
     }
     workers = {key: celery[key] for key in WORKER_KEYS_SET_TWICE if key in celery}
@@ -310,7 +322,14 @@ def chart_values(
         return {"resources": RESOURCES["logGroomer"]}
 
     env = [{"name": "AIRFLOW_CONN_KUBERNETES_DEFAULT", "value": kpo_connection(args.task_namespace)}]
-    config: dict[str, Any] = {"celery": {"worker_concurrency": args.worker_concurrency}}
+    config: dict[str, Any] = {
+        "celery": {"worker_concurrency": args.worker_concurrency},
+        # The scheduler queues at most this many tasks; the autoscaler gets the same number (--parallelism).
+        "core": {"parallelism": args.parallelism},
+        # A non-deferrable KubernetesPodOperator holds a Celery slot (and blocks a drain) for its pod's whole
+        # life; deferred, it waits in the triggerer instead (KPO reads operators.default_deferrable).
+        "operators": {"default_deferrable": True},
+    }
     if log_store is not None:
         env.append({"name": f"AIRFLOW_CONN_{log_store.connection_id.upper()}", "value": log_store.connection_uri})
         config["logging"] = {

@@ -65,7 +65,14 @@ def build_controller(settings: Settings):
         drain_poll_s=settings.drain_poll_s,
         drain_settle_s=settings.drain_settle_s,
         hostname_template=settings.hostname_template,
+        task_slot_cap=settings.task_slot_cap,
     )
+    if settings.max_workers * settings.worker_concurrency > settings.task_slot_cap:
+        logging.getLogger("airflow_on_k8s.autoscaler").warning(
+            "%d workers x %d slots exceed Airflow's [core] parallelism x schedulers (%d): the last workers can never "
+            "fill up; raise parallelism or lower --max-workers", settings.max_workers, settings.worker_concurrency,
+            settings.task_slot_cap,
+        )
     # Live while iterations keep coming (a drain may legitimately take drain_timeout_s); ready after a good one.
     health = Health(
         liveness_timeout_s=settings.drain_timeout_s + 6 * settings.poll_interval_s + 60,
@@ -83,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     controller = build_controller(settings)
+    # Importing Airflow's config (for the Celery app) reconfigures logging: put ours back.
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    logging.getLogger("airflow_on_k8s.autoscaler").disabled = False
     from airflow_on_k8s.autoscaler.metrics import MetricsServer
 
     server = MetricsServer(controller.metrics, controller.health, settings.metrics_host, settings.metrics_port).start()

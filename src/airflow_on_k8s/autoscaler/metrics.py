@@ -16,6 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 PREFIX = "airflow_worker_autoscaler"
+# Why a scale-down was held (the label values of held_scale_downs_total).
+HOLD_REASONS = ("removal_pending", "rollout", "queue_mismatch", "busy_pod_ranks_first", "scale_conflict",
+                "lost_leadership")
 
 
 class Metrics:
@@ -37,17 +40,38 @@ class Metrics:
         self.scale_events = Counter(f"{PREFIX}_scale_events", "Replica changes made, by direction", ["direction"], registry=r)
         self.aborted_drains = Counter(f"{PREFIX}_aborted_drains", "Scale-downs given up, by reason", ["reason"], registry=r)
         self.leader = Gauge(f"{PREFIX}_leader", "1 while this instance holds the leader lock", registry=r)
-        # The same name and meaning as on branch scale-down-safety, which sets it; the alert
-        # AirflowWorkerConsumesNoQueue (observability/rules.py) reads it.
+        self.held_scale_downs = Counter(
+            f"{PREFIX}_held_scale_downs", "Scale-downs not started because removing a pod was not certain to be safe, "
+            "by reason", ["reason"], registry=r,
+        )
+        # The alert AirflowWorkerConsumesNoQueue (observability/rules.py) reads deaf_workers.
         self.deaf_workers = Gauge(
             f"{PREFIX}_deaf_workers", "Live workers found consuming fewer of the queues than they should (and not "
             "drained by us); each is healed with add_consumer", registry=r,
+        )
+        self.healed_workers = Counter(f"{PREFIX}_healed_workers", "add_consumer sent to deaf workers", registry=r)
+        self.queue_mismatch_workers = Gauge(
+            f"{PREFIX}_queue_mismatch_workers", "Workers consuming queues outside --queues (no scale-down while > 0)",
+            registry=r,
+        )
+        self.foreign_pods = Gauge(
+            f"{PREFIX}_foreign_pods", "Pods matching the worker selector that the worker Deployment does not own",
+            registry=r,
+        )
+        self.task_slot_cap = Gauge(
+            f"{PREFIX}_task_slot_cap", "Task slots Airflow lets run at once: [core] parallelism x schedulers", registry=r,
+        )
+        self.kpo_slots = Gauge(
+            f"{PREFIX}_kubernetes_pod_operator_slots", "Running non-deferred KubernetesPodOperator tasks: each holds a "
+            "worker slot while it only waits for its pod", registry=r,
         )
         self.last_success = Gauge(f"{PREFIX}_last_success_timestamp_seconds", "End of the last good loop", registry=r)
         for source in ("airflow_db", "celery", "actuator", "controller"):
             self.errors.labels(source)  # export zeros, so rate() works from the start
         for direction in ("up", "down"):
             self.scale_events.labels(direction)
+        for reason in HOLD_REASONS:
+            self.held_scale_downs.labels(reason)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

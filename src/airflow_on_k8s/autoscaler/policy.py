@@ -239,3 +239,82 @@ def choose_workers_to_remove(workers: Sequence[WorkerLoad], count: int, now: flo
         key=lambda w: (bool(w.task_start_times), w.ready, deletion_cost(w, now), w.name),
     )
     return [w.name for w in ranked[:count]]
+
+
+# --- which pods a ReplicaSet deletes ---------------------------------------------------------------------------------
+
+# kubernetes/kubernetes pkg/controller/controller_utils.go, ActivePodsWithRanks.Less: "1. Unassigned < assigned",
+# "2. PodPending < PodUnknown < PodRunning", "3. Not ready < ready", and only then "4. lower pod-deletion-cost <
+# higher pod-deletion cost". A busy pod that loses on 1-3 is deleted before any pod we mark, whatever its cost.
+_PHASE_ORDER = {"Pending": 0, "Unknown": 1, "Running": 2}
+INT32_MIN = -(2**31)
+
+
+@dataclass(frozen=True)
+class RemovalCandidate:
+    """A live (not terminating) pod of the worker ReplicaSet, as the ReplicaSet and Celery see it."""
+
+    name: str
+    assigned: bool  # has a node
+    phase: str  # Pending, Unknown or Running
+    ready: bool
+    # Holds a task, or may (it did not answer Celery while its worker container may be running).
+    busy: bool
+    task_start_times: tuple[float, ...] = ()
+    deletion_cost: int = 0  # its pod-deletion-cost annotation now
+
+
+def replicaset_rank(pod: RemovalCandidate) -> tuple[int, int, int]:
+    """Rules 1-3 of ActivePodsWithRanks as a sort key: smaller is deleted first."""
+    return (int(pod.assigned), _PHASE_ORDER.get(pod.phase, _PHASE_ORDER["Running"]), int(pod.ready))
+
+
+def _why(pod: RemovalCandidate) -> str:
+    if not pod.assigned:
+        return "unassigned"
+    if pod.phase != "Running":
+        return pod.phase
+    return "not ready" if not pod.ready else "ready"
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    chosen: tuple[str, ...]  # drain these, give them the lowest cost, and lower replicas by their number
+    reason: str = ""  # why fewer than asked (or none) were chosen
+
+
+def plan_removal(pods: Sequence[RemovalCandidate], count: int, now: float, chosen_cost: int = INT32_MIN) -> RemovalPlan:
+    """Up to `count` idle pods that the ReplicaSet, scaled down by their number, deletes and no other.
+
+    The ReplicaSet deletes the first pods of its order; with ours marked at `chosen_cost`, that order is
+    rules 1-3, then our mark. So the chosen pods must be a prefix of the pods sorted by rank: walk that order
+    (idle before busy within a rank, cheapest first) and stop at the first busy pod. A busy pod ranked before
+    every idle one (a busy pod that is not ready, Pending, Unknown or unassigned) blocks the scale-down.
+    """
+    if count <= 0 or not pods:
+        return RemovalPlan((), "nothing to remove")
+
+    def cost(p: RemovalCandidate) -> int:
+        return deletion_cost(WorkerLoad(p.name, p.ready, p.task_start_times), now)
+
+    ordered = sorted(pods, key=lambda p: (replicaset_rank(p), p.busy, cost(p), p.name))
+    chosen: list[RemovalCandidate] = []
+    for pod in ordered:
+        if len(chosen) == count or pod.busy:
+            break
+        chosen.append(pod)
+    if not chosen:
+        first = ordered[0]
+        if any(not p.busy for p in pods):
+            return RemovalPlan((), f"busy worker {first.name} ({_why(first)}) would be deleted first by the ReplicaSet")
+        return RemovalPlan((), "no idle worker")
+    names = {p.name for p in chosen}
+    last = max(replicaset_rank(p) for p in chosen)
+    # Someone else's mark as low as ours ties with it: the ReplicaSet's choice would then be a coin toss.
+    tied = [p.name for p in pods if p.name not in names and replicaset_rank(p) == last and p.deletion_cost <= chosen_cost]
+    if tied:
+        return RemovalPlan((), f"{', '.join(sorted(tied))} already carry the lowest pod-deletion-cost")
+    reason = "" if len(chosen) == count or len(chosen) == len(ordered) else (
+        f"stopped at busy worker {ordered[len(chosen)].name}"
+    )
+    return RemovalPlan(tuple(p.name for p in chosen), reason)

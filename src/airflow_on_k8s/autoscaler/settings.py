@@ -8,6 +8,7 @@ Airflow's own variables, so the autoscaler can run with the same env as an Airfl
     --executor     WORKER_AUTOSCALER_EXECUTOR,    else AIRFLOW__CORE__EXECUTOR, else CeleryExecutor
     --worker-concurrency  ...,                    else AIRFLOW__CELERY__WORKER_CONCURRENCY, else 16
     --exclude-queues      ...,                    else AIRFLOW__CELERY_KUBERNETES_EXECUTOR__KUBERNETES_QUEUE
+    --parallelism         ...,                    else AIRFLOW__CORE__PARALLELISM, else 32
 
 Bad values exit with status 2 and a message that names the flag and the fix.
 """
@@ -24,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from airflow_on_k8s.autoscaler.policy import PolicyConfig
+from airflow_on_k8s.autoscaler.signals import KOMBU_REDIS_BRPOP_TIMEOUT_S
 
 ENV_PREFIX = "WORKER_AUTOSCALER_"
 
@@ -42,12 +44,16 @@ class Settings(BaseModel):
     executor: str = "CeleryExecutor"
     queues: tuple[str, ...] = ("default",)
     exclude_queues: tuple[str, ...] = ()
-    celery_timeout_s: float = Field(default=2.0, gt=0)
+    # Above kombu's Redis BRPOP timeout: a shorter reply wait polls empty and restores unacked messages.
+    celery_timeout_s: float = 2.0
     hostname_template: str = "celery@{pod}"
     # Policy
     min_workers: int = 0
     max_workers: int = 10
     worker_concurrency: int = 16
+    # Airflow's [core] parallelism (per scheduler) and scheduler count: they cap queued + running tasks.
+    parallelism: int = Field(default=32, ge=1)
+    schedulers: int = Field(default=1, ge=1)
     target_load_factor: float = 1.0
     scale_up_stabilization_s: float = 0.0
     scale_down_stabilization_s: float = 120.0
@@ -93,6 +99,16 @@ class Settings(BaseModel):
             raise ValueError(f"{v!r} must contain {{pod}} exactly once, e.g. celery@{{pod}}")
         return v
 
+    @field_validator("celery_timeout_s")
+    @classmethod
+    def _reply_wait(cls, v: float) -> float:
+        if not v > KOMBU_REDIS_BRPOP_TIMEOUT_S:
+            raise ValueError(
+                f"{v} is not above the broker's {KOMBU_REDIS_BRPOP_TIMEOUT_S:g} s poll (kombu's BRPOP timeout): a shorter "
+                "wait comes back empty and kombu then re-queues other workers' running tasks; use 2 or more"
+            )
+        return v
+
     @field_validator("db_url")
     @classmethod
     def _db(cls, v: str) -> str:
@@ -119,6 +135,10 @@ class Settings(BaseModel):
             raise ValueError("drain_poll_s: is longer than drain_timeout_s; lower it")
         return self
 
+    @property
+    def task_slot_cap(self) -> int:
+        return self.parallelism * self.schedulers
+
     def policy_config(self) -> PolicyConfig:
         return PolicyConfig(**{f: getattr(self, f) for f in PolicyConfig.__dataclass_fields__})
 
@@ -130,11 +150,13 @@ _FLAGS: list[tuple[str, type, str | None, str]] = [
     ("executor", str, "AIRFLOW__CORE__EXECUTOR", "Airflow's [core] executor, to tell Celery tasks from others"),
     ("queues", str, None, "comma-separated queues the workers consume (drained and restored as a set)"),
     ("exclude-queues", str, "AIRFLOW__CELERY_KUBERNETES_EXECUTOR__KUBERNETES_QUEUE", "queues never counted"),
-    ("celery-timeout-s", float, None, "wait for Celery control replies"),
+    ("celery-timeout-s", float, None, "wait for Celery control replies, over 1 (kombu's BRPOP timeout)"),
     ("hostname-template", str, None, "worker hostname from pod name, e.g. celery@{pod}"),
     ("min-workers", int, None, "fewest workers"),
     ("max-workers", int, None, "most workers"),
     ("worker-concurrency", int, "AIRFLOW__CELERY__WORKER_CONCURRENCY", "task slots per worker"),
+    ("parallelism", int, "AIRFLOW__CORE__PARALLELISM", "Airflow's [core] parallelism (tasks at once, per scheduler)"),
+    ("schedulers", int, None, "number of Airflow schedulers (each applies parallelism on its own)"),
     ("target-load-factor", float, None, "share of slots to fill, (0, 1]"),
     ("scale-up-stabilization-s", float, None, "lowest recommendation over this window when scaling up"),
     ("scale-down-stabilization-s", float, None, "highest recommendation over this window when scaling down"),

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from airflow_on_k8s.autoscaler.actuators import WorkerPod
+from airflow_on_k8s.autoscaler.actuators import ScaleConflict, ScaleTarget, WorkerPod, WorkerView
 
 WorkerCommand = Callable[[str], list[str]]
 
@@ -136,6 +136,10 @@ class LocalProcessActuator:
     def get_replicas(self) -> int:
         return sum(1 for w in self.list_workers() if not w.terminating)
 
+    def observe(self) -> WorkerView:
+        workers = self.list_workers()
+        return WorkerView(ScaleTarget(sum(1 for w in workers if not w.terminating)), workers)
+
     # --- changes --------------------------------------------------------------------------------------------------
 
     def _next_name(self) -> str:
@@ -173,8 +177,10 @@ class LocalProcessActuator:
         if pid is not None and self._alive(name):
             os.kill(pid, sig)
 
-    def remove(self, names: list[str]) -> None:
-        """Warm shutdown (SIGTERM) of exactly these workers."""
+    def remove(self, names: list[str], replicas: int | None = None, expected: ScaleTarget | None = None) -> None:
+        """Warm shutdown (SIGTERM) of exactly these workers; with `expected`, only if the count is still that."""
+        if expected is not None and self.get_replicas() != expected.replicas:
+            raise ScaleConflict(f"{self.get_replicas()} workers run, not the {expected.replicas} read before the drain")
         for name in names:
             (self.state_dir / f"{name}.stopping").touch()
             self._signal(name, signal.SIGTERM)
@@ -228,10 +234,16 @@ class FileLeaderLock:
     flocks of dead processes), so a second controller on the same state dir never acts.
     """
 
+    retry_period_s = 1.0
+
     def __init__(self, path: str | Path, identity: str | None = None):
         self.path = Path(path)
         self.identity = identity or f"pid-{os.getpid()}"
         self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def try_acquire(self) -> bool:
         if self._fd is not None:

@@ -38,6 +38,17 @@ _QUERY = sa.text(
 ).bindparams(sa.bindparam("celery_names", expanding=True))
 
 
+# Running Celery task instances of KubernetesPodOperator and its subclasses (GKEStartPodOperator,
+# EksPodOperator, ...): each holds a worker slot while it only waits for its pod, unless it deferred.
+_POD_OPERATOR_QUERY = sa.text(
+    """
+    SELECT COUNT(*) FROM task_instance
+    WHERE state = 'running' AND operator LIKE '%PodOperator'
+      AND (executor IN :celery_names OR (:celery_is_default AND executor IS NULL))
+    """
+).bindparams(sa.bindparam("celery_names", expanding=True))
+
+
 @dataclass(frozen=True)
 class ExecutorFilter:
     """Which `task_instance.executor` values mean "run by Celery"."""
@@ -129,6 +140,17 @@ class AirflowDbSignal:
                 continue
             counts.setdefault(queue, {"queued": 0, "running": 0})[state] += int(n)
         return tuple(QueueLoad(q, c["queued"], c["running"]) for q, c in sorted(counts.items()))
+
+    def pod_operator_slots(self) -> int:
+        """Worker slots held by running, non-deferred KubernetesPodOperator tasks."""
+        try:
+            with self.read_only_transaction() as conn:
+                return int(conn.execute(_POD_OPERATOR_QUERY, {
+                    "celery_names": sorted(self.executors.celery_names),
+                    "celery_is_default": self.executors.celery_is_default,
+                }).scalar() or 0)
+        except sa.exc.SQLAlchemyError as err:
+            raise SignalError(self.source, f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
 
     def close(self) -> None:
         self._engine.dispose()

@@ -8,18 +8,26 @@ asked before `active`: a task moving from reserved to active between the two cal
 Worker hostnames map to pod names through a template; the Airflow chart's workers are `celery@<pod-name>`
 (Celery's default `celery@%h`, and a pod's hostname is its name).
 
-Only the broker is needed (control commands travel over its pidbox exchange), no result backend.
+Only the broker is needed (control commands travel over its pidbox exchange), no result backend. The control
+app takes the broker options of Airflow's own Celery app (`[celery] celery_config_options`, by default the celery
+provider's config: transport options with `visibility_timeout` and `global_keyprefix`, TLS): with Redis, every
+client that polls a reply queue may re-queue *any* unacked message older than its own `visibility_timeout`
+(kombu/transport/redis.py: `MultiChannelPoller.get` calls `maybe_restore_messages` -> `QoS.restore_visible`
+whenever a poll comes back empty), so a client with kombu's default of 3600 s would hand a running acks_late
+Airflow task (86400 s in the provider) to a second worker after an hour.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 
-from airflow_on_k8s.autoscaler.signals import SignalError
+from airflow_on_k8s.autoscaler.signals import KOMBU_REDIS_BRPOP_TIMEOUT_S, SignalError
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,41 @@ class HostnameTemplate:
         return None
 
 
+log = logging.getLogger("airflow_on_k8s.autoscaler")
+
+# What Airflow's celery provider uses when [celery_broker_transport_options] visibility_timeout is unset
+# (airflow/providers/celery/executors/default_celery.py, provider 3.26: "Using default of 86400 seconds").
+AIRFLOW_DEFAULT_VISIBILITY_TIMEOUT_S = 86400
+# Broker-side keys of Airflow's Celery config that the control app must share with the workers.
+_BROKER_KEYS = ("broker_transport_options", "broker_use_ssl", "broker_login_method")
+_DEFAULT_CONFIG_PATH = "airflow.providers.celery.executors.default_celery.DEFAULT_CELERY_CONFIG"
+
+
+def airflow_celery_config() -> dict[str, Any] | None:
+    """Airflow's Celery config as its executor and workers build it, or None where Airflow is not installed."""
+    try:
+        from airflow.configuration import conf
+
+        path = conf.get("celery", "celery_config_options", fallback=_DEFAULT_CONFIG_PATH)
+        if path == _DEFAULT_CONFIG_PATH:
+            # Built now from the current config (the module constant was built at import time).
+            from airflow.providers.celery.executors import default_celery
+
+            build = getattr(default_celery, "get_default_celery_config", None)
+            return dict(build(conf)) if build else dict(default_celery.DEFAULT_CELERY_CONFIG)
+        return dict(conf.getimport("celery", "celery_config_options"))
+    except ImportError:
+        return None
+    except Exception as err:  # a config Airflow itself could not load: fall back to the provider's defaults
+        log.warning("cannot read Airflow's Celery config, using the celery provider's defaults: %s", err)
+        return None
+
+
+def broker_wait_floor(transport_options: Mapping[str, Any]) -> float:
+    """The shortest reply wait that never polls empty-handed: the transport's BRPOP timeout."""
+    return float(transport_options.get("polling_interval") or KOMBU_REDIS_BRPOP_TIMEOUT_S)
+
+
 def _tasks(entries: list[dict] | None) -> tuple[CeleryTask, ...]:
     return tuple(CeleryTask(e.get("id", ""), e.get("name", ""), e.get("time_start")) for e in entries or ())
 
@@ -76,33 +119,67 @@ class CeleryWorkers:
 
     source = "celery"
 
-    def __init__(self, broker_url: str, *, timeout_s: float = 2.0, app: Celery | None = None):
-        self.timeout_s = timeout_s
+    def __init__(self, broker_url: str, *, timeout_s: float = 2.0, app: Celery | None = None,
+                 celery_config: Mapping[str, Any] | None = None):
+        """`celery_config`: Airflow's Celery config (default: `airflow_celery_config()`); its broker options
+        are used, the broker URL is ours."""
         self.app = app or Celery("worker-autoscaler", broker=broker_url, set_as_current=False)
+        config = celery_config if celery_config is not None else (airflow_celery_config() or {})
+        for key in _BROKER_KEYS:
+            if config.get(key):
+                self.app.conf[key] = config[key]
+        options = dict(self.app.conf.broker_transport_options or {})
+        # Never restore a message sooner than the workers' own clients would.
+        options.setdefault("visibility_timeout", AIRFLOW_DEFAULT_VISIBILITY_TIMEOUT_S)
+        floor = broker_wait_floor(options) + 0.5
+        if timeout_s < floor:
+            log.warning("celery reply timeout %.1fs raised to %.1fs (above the broker's poll timeout)", timeout_s, floor)
+        self.timeout_s = max(timeout_s, floor)
         # Fail within seconds when the broker is down instead of retrying for minutes.
-        self.app.conf.broker_connection_timeout = timeout_s
+        self.app.conf.broker_connection_timeout = self.timeout_s
         self.app.conf.broker_connection_retry = False
         self.app.conf.broker_connection_max_retries = 1
         self.app.conf.broker_transport_options = {
-            **(self.app.conf.broker_transport_options or {}),
+            **options,
             "max_retries": 1,
-            "socket_connect_timeout": timeout_s,
-            "socket_timeout": timeout_s,
+            "socket_connect_timeout": self.timeout_s,
+            "socket_timeout": self.timeout_s,
         }
+        self._conn = None
+
+    def _connection(self):
+        if self._conn is None:
+            self._conn = self.app.connection_for_write()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken
+                pass
 
     def _broadcast(self, command: str, destination: list[str] | None, arguments: dict | None = None) -> dict:
         # Waits for all `destination` replies or the timeout; with no destination it waits the full timeout.
-        try:
-            replies = self.app.control.broadcast(
-                command,
-                arguments=arguments or {},
-                destination=destination,
-                reply=True,
-                timeout=self.timeout_s,
-                limit=len(destination) if destination else None,
-            )
-        except Exception as err:  # kombu raises many types (OperationalError, ConnectionError, redis errors...)
-            raise SignalError(self.source, f"{command}: {type(err).__name__}: {err}") from err
+        for attempt in (1, 2):
+            try:
+                replies = self.app.control.broadcast(
+                    command,
+                    connection=self._connection(),
+                    arguments=arguments or {},
+                    destination=destination,
+                    reply=True,
+                    timeout=self.timeout_s,
+                    limit=len(destination) if destination else None,
+                )
+                break
+            except Exception as err:  # kombu raises many types (OperationalError, ConnectionError, redis errors...)
+                if attempt == 2:
+                    raise SignalError(self.source, f"{command}: {type(err).__name__}: {err}") from err
+                # After a broker restart our connection is dead and only the first call finds out: drop it
+                # and try once more on a fresh one, so the loop right after the outage is not blind.
+                self._drop_connection()
         merged: dict = {}
         for reply in replies or ():
             merged.update(reply)
@@ -184,4 +261,5 @@ class CeleryWorkers:
         return idle, pending
 
     def close(self) -> None:
+        self._drop_connection()
         self.app.close()
