@@ -28,14 +28,9 @@ from airflow_on_k8s.testing.mock_runtime import ProgramRun, run_program
 PACKAGE_DIR = Path(airflow_on_k8s.__file__).parent
 REPO = Path(__file__).resolve().parents[1]
 
-# Known exceptions: components not yet in the typed shape, and the checks they fail. The lead moves them to it and
-# empties this list (issue 9, point 3). Each listed check is a strict xfail, so a fixed one fails until removed here.
-KNOWN_EXCEPTIONS: dict[str, set[str]] = {
-    # Args fields without docstrings; an "Outputs:" paragraph; outputs registered under camelCase keys.
-    "airflow_on_k8s.airflow.component.Airflow": {"args", "outputs", "registered"},
-    # Args fields without docstrings; no output annotations; outputs registered under camelCase keys.
-    "airflow_on_k8s.airflow.worker_autoscaler.WorkerAutoscaler": {"args", "outputs", "registered"},
-}
+# Known exceptions: components not in the typed shape, and the checks they fail (none today; a new entry needs a
+# reason). Each listed check is a strict xfail, so a fixed one fails until removed here.
+KNOWN_EXCEPTIONS: dict[str, set[str]] = {}
 
 
 def _component_classes() -> list[type[pulumi.ComponentResource]]:

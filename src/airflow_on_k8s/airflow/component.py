@@ -43,7 +43,14 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from airflow_on_k8s.airflow.local_settings import render_local_settings
-from airflow_on_k8s.contract import BucketGrant, CloudServices, KubernetesCluster, LogStore, PostgresDatabase
+from airflow_on_k8s.contract import (
+    BucketGrant,
+    CloudServices,
+    KubernetesCluster,
+    LogStore,
+    PostgresDatabase,
+    register_annotated_outputs,
+)
 from airflow_on_k8s.config import StackConfig
 from airflow_on_k8s._helm import pinned_release
 from airflow_on_k8s.airflow.helm_postrender import write_command
@@ -156,26 +163,43 @@ def example_dag_files() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class AirflowArgs:
+    """How Airflow is installed; `from_stack` maps the stack config's `airflow` and `scaling` sections onto it."""
+
     cloud: str
+    """Where the cluster runs (aws, gcp, local): picks the remote-log store and the internal load balancer kind."""
     namespace: str
+    """The namespace Airflow's components run in (created)."""
     task_namespace: str
+    """The namespace KubernetesPodOperator pods run in (TaskNamespace creates it)."""
     worker_concurrency: int
+    """Task slots per Celery worker ([celery] worker_concurrency)."""
     database: str
+    """`bundled` (the chart's PostgreSQL) or `managed` (the cloud's, from CloudServices, behind PgBouncer)."""
     git_repo: str
+    """A git repository to sync DAGs from; empty ships this package's example DAGs in a ConfigMap."""
     git_branch: str
+    """The branch git-sync follows."""
     git_sub_path: str
+    """The folder of the repository that holds the DAGs."""
     expose_ui: bool
+    """Put the UI behind a LoadBalancer Service (needs ui_source_ranges or ui_internal_load_balancer)."""
     scaling_mode: str
+    """How the Celery workers scale: `task-aware` (the worker autoscaler), `keda` or `hpa` (in the chart)."""
     min_workers: int
+    """Fewest Celery workers."""
     max_workers: int
-    # task-aware: the longest the autoscaler waits for a worker to finish its tasks (scaling.drainTimeoutSeconds).
+    """Most Celery workers."""
     drain_timeout_seconds: int = 300
-    # exposeUi: who may reach the UI's load balancer, or an internal one.
+    """task-aware: the longest the autoscaler waits for a worker to finish its tasks; the workers' grace period
+    outlasts it (worker_grace_seconds)."""
     ui_source_ranges: tuple[str, ...] = ()
+    """expose_ui: the CIDRs that may reach the UI's load balancer."""
     ui_internal_load_balancer: bool = False
-    # The Celery queues every worker consumes (scaling.queues): the autoscaler counts and drains the same ones.
+    """expose_ui: an internal load balancer (reachable from the VPC only) instead of an internet-facing one."""
     worker_queues: tuple[str, ...] = ("default",)
-    parallelism: int = 32  # [core] parallelism: ScalingConfig.parallelism, so it never caps the workers
+    """The Celery queues every worker consumes: the autoscaler counts and drains the same ones."""
+    parallelism: int = 32
+    """Airflow's [core] parallelism (ScalingConfig.parallelism), so it never caps the workers."""
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> AirflowArgs:
@@ -512,16 +536,24 @@ def pgbouncer_ini(db: PostgresDatabase, host: str, port: int, release: str = REL
 
 
 class Airflow(pulumi.ComponentResource):
-    """Airflow's namespace, generated secrets, DAG source, remote-log identity and the pinned chart release.
+    """Airflow's namespace, generated secrets, DAG source, remote-log identity and the pinned chart release."""
 
-    Outputs:
-    - `namespace`: the Airflow namespace.
-    - `ui_service`, `ui_port`: the API server / UI Service (ClusterIP unless `airflow.exposeUi`).
-    - `port_forward`: the kubectl command that opens the UI on localhost.
-    - `admin_user`, `admin_password` (secret): the UI login the create-user job makes.
-    - `worker_deployment`: the Celery worker Deployment (the task-aware autoscaler scales it).
-    - `release`: the Helm release.
-    """
+    namespace: pulumi.Output[str]
+    """The namespace Airflow runs in."""
+    port_forward: pulumi.Output[str]
+    """The kubectl command that opens the UI on localhost."""
+    admin_password: pulumi.Output[str]
+    """The UI login's password (secret), the one the create-user job sets."""
+    ui_service: str
+    """Python-only: the API server / UI Service's name (ClusterIP unless exposed), fixed by the chart."""
+    ui_port: int
+    """Python-only: the UI Service's port."""
+    admin_user: str
+    """Python-only: the UI login's user name."""
+    worker_deployment: str
+    """Python-only: the Celery worker Deployment's name (the task-aware autoscaler scales it)."""
+    release: k8s.helm.v3.Release
+    """Python-only: the Helm release; depend on it to wait for Airflow."""
 
     def __init__(
         self,
@@ -663,9 +695,7 @@ class Airflow(pulumi.ComponentResource):
         self.admin_user = ADMIN_USER
         self.admin_password = pulumi.Output.secret(admin_password)
         self.worker_deployment = WORKER_DEPLOYMENT
-        self.register_outputs(
-            {"namespace": self.namespace, "uiService": self.ui_service, "portForward": self.port_forward}
-        )
+        register_annotated_outputs(self)
 
     def _secret(self, name: str, data: dict[str, pulumi.Input[str]]) -> k8s.core.v1.Secret:
         return k8s.core.v1.Secret(

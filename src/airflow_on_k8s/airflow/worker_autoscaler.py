@@ -39,7 +39,7 @@ from airflow_on_k8s.airflow.component import (
     Airflow,
     SecretNames,
 )
-from airflow_on_k8s.contract import KubernetesCluster
+from airflow_on_k8s.contract import KubernetesCluster, register_annotated_outputs
 from airflow_on_k8s.config import StackConfig
 from airflow_on_k8s.versions import AIRFLOW_IMAGE_REPOSITORY, AIRFLOW_IMAGE_TAG
 
@@ -139,12 +139,17 @@ def role_rules(deployment: str, lease: str) -> list[dict[str, list[str]]]:
 
 @dataclass(frozen=True)
 class WorkerAutoscalerArgs:
+    """How the autoscaler is deployed; `from_stack` maps the stack config's `scaling` section onto it."""
+
     enabled: bool
-    # Policy and loop flags (ScalingConfig.autoscaler_args: min/max workers, load factor, stabilization,
-    # cooldown, drain timeout, queues, worker concurrency).
+    """Deploy it (scaling.mode task-aware); the platform skips the component otherwise."""
     policy_flags: tuple[str, ...]
+    """The autoscaler's policy and loop flags (ScalingConfig.autoscaler_args: min/max workers, load factor,
+    stabilization, cooldown, drain timeout, queues, worker concurrency), e.g. ("--min-workers=0", ...)."""
     replicas: int = 2
+    """Autoscaler pods: one leads through the Lease, the others stand by."""
     log_level: str = "INFO"
+    """The autoscaler's log level (DEBUG, INFO, WARNING)."""
 
     @classmethod
     def from_stack(cls, config: StackConfig) -> WorkerAutoscalerArgs:
@@ -155,13 +160,18 @@ class WorkerAutoscalerArgs:
 
 
 class WorkerAutoscaler(pulumi.ComponentResource):
-    """The autoscaler's source ConfigMap, ServiceAccount and Role, Deployment, metrics Service and PDB.
+    """The autoscaler's source ConfigMap, ServiceAccount and Role, Deployment, metrics Service and PDB."""
 
-    Outputs:
-    - `namespace`: where it runs (the Airflow namespace, next to the worker Deployment it scales).
-    - `deployment`: the autoscaler's Deployment name; `metrics_service`, `metrics_port`: where /metrics is.
-    - `lease`: the coordination.k8s.io Lease its replicas elect a leader on.
-    """
+    namespace: pulumi.Output[str]
+    """Where it runs: the Airflow namespace, next to the worker Deployment it scales."""
+    deployment: pulumi.Output[str]
+    """The autoscaler's Deployment name."""
+    metrics_service: pulumi.Output[str]
+    """The Service in front of its /metrics endpoint."""
+    metrics_port: int
+    """Python-only: the port /metrics, /healthz and /readyz are served on."""
+    lease: str
+    """Python-only: the coordination.k8s.io Lease its replicas elect a leader on."""
 
     def __init__(
         self,
@@ -345,9 +355,7 @@ class WorkerAutoscaler(pulumi.ComponentResource):
         self.metrics_service = service.metadata.name
         self.metrics_port = METRICS_PORT
         self.lease = LEASE
-        self.register_outputs(
-            {"namespace": self.namespace, "deployment": self.deployment, "metricsService": self.metrics_service}
-        )
+        register_annotated_outputs(self)
 
 
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:

@@ -91,6 +91,28 @@ PANELS: tuple[Panel, ...] = (
         ),
     ),
     Panel(
+        "Held scale-downs and the workers behind them",
+        "Scale-downs not started in the last 5 minutes because removing a pod was not certain to be safe (by reason:"
+        " removal pending, rollout, queue mismatch, a busy pod ranking first, a conflict), and the workers that"
+        " cause holds: foreign pods, workers on queues outside the config, deaf workers and those healed.",
+        (
+            Target(f"sum by (reason) (increase({_a('held_scale_downs_total')}[5m]))", "held: {{reason}}"),
+            Target(_leader("foreign_pods"), "foreign pods"),
+            Target(_leader("queue_mismatch_workers"), "workers on other queues"),
+            Target(_leader("deaf_workers"), "deaf workers"),
+            Target(f"sum(increase({_a('healed_workers_total')}[5m]))", "healed"),
+        ),
+    ),
+    Panel(
+        "Task slots the count cannot see",
+        "Airflow's [core] parallelism x schedulers (the most tasks that can run at once) and the worker slots held"
+        " by running non-deferred KubernetesPodOperator tasks.",
+        (
+            Target(_leader("task_slot_cap"), "task slot cap"),
+            Target(_leader("kubernetes_pod_operator_slots"), "slots held by pod operators"),
+        ),
+    ),
+    Panel(
         "Drain duration",
         "From cancel_consumer to the worker holding no task.",
         (
