@@ -228,6 +228,14 @@ def test_burst_scales_to_the_need_and_removes_only_drained_pods_with_two_autosca
                                             sum(t.killed for t in workers.agent.terminations)),
             "tasks succeeded / retried": (sum(t[1] == "success" for t in tis), sum(t[2] > 1 for t in tis)),
         })
+        # `kubectl describe deployment` explains the decisions: the autoscaler's Events on the worker Deployment,
+        # written with the program's Role (issue 13).
+        events = [e for e in workers.core.list_namespaced_event(workers.namespace).items
+                  if e.involved_object.kind == "Deployment" and e.involved_object.name == WORKER_DEPLOYMENT
+                  and e.source and e.source.component == "worker-autoscaler"]
+        reasons = {e.reason for e in events}
+        print("  autoscaler events on the Deployment:", sorted((e.reason, e.count, e.message) for e in events))
+        assert {"ScaledUp", "ScaledDown"} <= reasons
         assert watch.peak == 4
         assert [(t[1], t[2]) for t in tis] == [("success", 1)] * BURST
         assert workers.agent.terminations and not any(t.killed for t in workers.agent.terminations)
