@@ -18,6 +18,8 @@ from airflow_on_k8s import provider
 from airflow_on_k8s.tools import schema as schema_tool
 
 REPO = Path(__file__).resolve().parent.parent
+# What a fresh virtualenv sees: none of this test run's import paths (tests/autoscaler sets PYTHONPATH to src/).
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 EXAMPLE = REPO / "examples" / "eks-airflow"
 
 
@@ -87,7 +89,7 @@ def fresh_venv(tmp_path_factory) -> Path:
     subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
          "--no-index", str(REPO)],
-        check=True, cwd=root,
+        check=True, cwd=root, env=CLEAN_ENV,
     )
     print(f"installed the package in {time.monotonic() - started:.1f}s")
     return venv
@@ -100,7 +102,7 @@ def test_the_package_installs_with_its_data_and_no_repository(fresh_venv, tmp_pa
         "print(sorted(p.name for p in a.DAGS_DIR.glob('*.py')))\n"
         "print(len(w.package_files()))\n"
     )
-    out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], cwd=tmp_path, check=True,
+    out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], cwd=tmp_path, check=True, env=CLEAN_ENV,
                          capture_output=True, text=True).stdout.splitlines()
     assert out[0].startswith(str(fresh_venv)), out[0]
     assert "example_task_pool.py" in out[1]
@@ -110,10 +112,9 @@ def test_the_package_installs_with_its_data_and_no_repository(fresh_venv, tmp_pa
 def test_the_example_previews_offline_from_a_folder_outside_the_repository(fresh_venv, tmp_path):
     program = tmp_path / "eks-airflow"
     shutil.copytree(EXAMPLE, program)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(
         [str(fresh_venv / "bin" / "python"), "-m", "airflow_on_k8s.tools.preview", "dev", "--json", "out.json"],
-        cwd=program, env=env, capture_output=True, text=True, timeout=300,
+        cwd=program, env=CLEAN_ENV, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     resources = json.loads((program / "out.json").read_text())

@@ -202,9 +202,9 @@ def test_burst_scales_to_the_need_and_removes_only_drained_pods_with_two_autosca
         wait_for(lambda: one.metrics() and two.metrics(), 60, "both autoscalers serving metrics")
         wait_for(lambda: sum(c.metrics().get("airflow_worker_autoscaler_leader", 0) for c in (one, two)) == 1, 30,
                  "one leader")
-        stack.add_dag("burst", burst_dag("burst", 20))
-        watch = Sampler(stack, workers, "burst", "burst-1")
-        stack.trigger("burst", "burst-1")
+        stack.add_dag("burst-k8s", burst_dag("burst-k8s", 20))  # the session's Airflow: ids of our own
+        watch = Sampler(stack, workers, "burst-k8s", "burst-k8s-1")
+        stack.trigger("burst-k8s", "burst-k8s-1")
         wait_for(lambda: all_state(watch.sample()[2], "running"), 240, "all 8 tasks running", poll_s=0.5)
         assert workers.replicas() == math.ceil(BURST / CONCURRENCY)
         # Kill the leader once it drains a worker (the tasks end together, so the scale-down starts after them).
@@ -217,7 +217,7 @@ def test_burst_scales_to_the_need_and_removes_only_drained_pods_with_two_autosca
         wait_for(lambda: standby.metrics().get("airflow_worker_autoscaler_leader") == 1.0, 60, "standby leads")
         wait_for(lambda: (watch.sample(), workers.replicas() == 0 and not workers.all_pods())[1], 240,
                  "scaled to 0 and every pod gone", poll_s=0.5)
-        tis = stack.task_instances("burst", "burst-1")
+        tis = stack.task_instances("burst-k8s", "burst-k8s-1")
         full = watch.first(lambda n, tis: n == 4)
         running = watch.first(lambda n, tis: all_state(tis, "running"))
         report("real control plane: burst of 8 x 20 s tasks, concurrency 2", {
@@ -256,10 +256,10 @@ def test_blind_scale_down_on_the_same_controllers_kills_running_tasks(control_pl
     grace 10 s (the program sets at least 600 s), tasks 60 s."""
     workers = RealWorkers(control_plane, stack, grace_s=10)
     try:
-        stack.add_dag("long", burst_dag("long", 60))
+        stack.add_dag("long-k8s", burst_dag("long-k8s", 60))
         workers.apps.patch_namespaced_deployment_scale(WORKER_DEPLOYMENT, workers.namespace, {"spec": {"replicas": 4}})
-        stack.trigger("long", "long-1")
-        wait_for(lambda: all_state(stack.task_instances("long", "long-1"), "running"), 240, "8 tasks running", poll_s=1)
+        stack.trigger("long-k8s", "long-k8s-1")
+        wait_for(lambda: all_state(stack.task_instances("long-k8s", "long-k8s-1"), "running"), 240, "8 tasks running", poll_s=1)
         workers.apps.patch_namespaced_deployment_scale(WORKER_DEPLOYMENT, workers.namespace, {"spec": {"replicas": 1}})
         wait_for(lambda: len(workers.agent.terminations) >= 3, 60, "3 pods terminated", poll_s=0.5)
         killed = [t for t in workers.agent.terminations if t.killed]
