@@ -131,11 +131,8 @@ def binary(component: str, name: str) -> Path:
     return path
 
 
-def kwok_stages_dir() -> Path:
-    """kwok's stage YAMLs, read from the Go module cache of the pinned version (not copied into the repo)."""
-    override = os.environ.get("AIRFLOW_ON_K8S_KWOK_STAGES_DIR")
-    if override:
-        return Path(override)
+def go_mod_cache() -> Path:
+    """The Go module cache, where the tests read upstream files of the pinned modules (kwok's stages, KEDA's CRDs)."""
     mod_cache = os.environ.get("GOMODCACHE")
     if not mod_cache:
         try:
@@ -144,7 +141,15 @@ def kwok_stages_dir() -> Path:
             ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             mod_cache = str(Path(os.environ.get("GOPATH", Path.home() / "go")) / "pkg" / "mod")
-    path = Path(mod_cache) / f"{UPSTREAM['kwok']}@{pinned_version('kwok')}" / "kustomize" / "stage"
+    return Path(mod_cache)
+
+
+def kwok_stages_dir() -> Path:
+    """kwok's stage YAMLs, read from the Go module cache of the pinned version (not copied into the repo)."""
+    override = os.environ.get("AIRFLOW_ON_K8S_KWOK_STAGES_DIR")
+    if override:
+        return Path(override)
+    path = go_mod_cache() / f"{UPSTREAM['kwok']}@{pinned_version('kwok')}" / "kustomize" / "stage"
     if not path.is_dir():
         raise ControlPlaneError(f"{path} not found: `make k8s-binaries` downloads the kwok module")
     return path
@@ -321,7 +326,7 @@ class Process:
         return _tail(self.log_path, lines)
 
 
-def _http_ok(url: str, context: ssl.SSLContext | None = None, expect: bytes | None = None) -> bool:
+def http_ok(url: str, context: ssl.SSLContext | None = None, expect: bytes | None = None) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as response:
             body = response.read()
@@ -330,7 +335,7 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None, expect: bytes | No
         return False
 
 
-def _insecure_context() -> ssl.SSLContext:
+def insecure_context() -> ssl.SSLContext:
     """For the /healthz of kcm and the scheduler, which serve a self-signed certificate of their own."""
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -435,7 +440,7 @@ class ControlPlane:
              "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
              "--initial-cluster", f"default={peer_url}", "--unsafe-no-fsync", "--log-level", "warn"],
             self.log_dir / "etcd.log",
-            lambda: _http_ok(f"{etcd_url}/health", expect=b'"health":"true"'),
+            lambda: http_ok(f"{etcd_url}/health", expect=b'"health":"true"'),
         )
         admin_context = ssl.create_default_context(cafile=str(pki.ca.cert))
         admin_context.load_cert_chain(str(admin.cert), str(admin.key))
@@ -458,7 +463,7 @@ class ControlPlane:
              "--endpoint-reconciler-type=none",
              *self.extra_apiserver_args],
             self.log_dir / "kube-apiserver.log",
-            lambda: _http_ok(f"{self.server}/readyz", admin_context),
+            lambda: http_ok(f"{self.server}/readyz", admin_context),
         )
         controller_manager = Process(
             "kube-controller-manager",
@@ -473,7 +478,7 @@ class ControlPlane:
              f"--controllers={','.join(CONTROLLERS)}",
              "--concurrent-replicaset-syncs=5", "--concurrent-deployment-syncs=5"],
             self.log_dir / "kube-controller-manager.log",
-            lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", _insecure_context()),
+            lambda: http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure_context()),
         )
         scheduler = Process(
             "kube-scheduler",
@@ -483,7 +488,7 @@ class ControlPlane:
              f"--cert-dir={self.work_dir / 'scheduler-certs'}",
              "--leader-elect=false"],
             self.log_dir / "kube-scheduler.log",
-            lambda: _http_ok(f"https://127.0.0.1:{sched_port}/healthz", _insecure_context()),
+            lambda: http_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure_context()),
         )
         # etcd and the apiserver start together (the apiserver retries etcd); kcm and the scheduler need a
         # ready apiserver, then start together.
@@ -583,7 +588,7 @@ def start_kwok(control_plane: ControlPlane, node_selector: str = "type=kwok",
         argv.append(f"--config={stage_dir / stage}")
     process = Process(
         "kwok", argv, control_plane.log_dir / f"kwok-{port}.log",
-        lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"),
+        lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
         # kwok reads ~/.kwok/kwok.yaml when it exists; a home of its own keeps a developer's config out.
         env={"HOME": str(control_plane.work_dir / "kwok-home")},
     )

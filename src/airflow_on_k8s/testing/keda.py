@@ -49,7 +49,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,9 +60,10 @@ from airflow_on_k8s.testing.controlplane import (
     ControlPlane,
     ControlPlaneError,
     Process,
-    _http_ok,
-    _insecure_context,
+    http_ok,
+    insecure_context,
     binary,
+    go_mod_cache,
     pinned_version,
 )
 from airflow_on_k8s.testing.local_services import free_port
@@ -74,23 +74,11 @@ ADAPTER_SERVICE = "keda-metrics-apiserver"
 EXTERNAL_METRICS_APISERVICE = "v1beta1.external.metrics.k8s.io"
 
 
-def _go_mod_cache() -> Path:
-    mod_cache = os.environ.get("GOMODCACHE")
-    if not mod_cache:
-        try:
-            mod_cache = subprocess.run(
-                ["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True, timeout=30
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            mod_cache = str(Path(os.environ.get("GOPATH", Path.home() / "go")) / "pkg" / "mod")
-    return Path(mod_cache)
-
-
 def keda_module_dir() -> Path:
     """The pinned KEDA module in the Go module cache (``build.sh`` downloads it); override:
     ``AIRFLOW_ON_K8S_KEDA_MODULE_DIR``."""
     override = os.environ.get("AIRFLOW_ON_K8S_KEDA_MODULE_DIR")
-    path = Path(override) if override else _go_mod_cache() / f"github.com/kedacore/keda/v2@{pinned_version('keda')}"
+    path = Path(override) if override else go_mod_cache() / f"github.com/kedacore/keda/v2@{pinned_version('keda')}"
     if not (path / "config" / "crd" / "bases").is_dir():
         raise ControlPlaneError(f"{path}/config/crd/bases not found: `make k8s-binaries` downloads it")
     return path
@@ -334,7 +322,7 @@ def start_keda(control_plane: ControlPlane, watch_namespace: str = "", timeout: 
          f"--ca-dir={work / 'custom-ca'}",
          "--zap-log-level=info", "--zap-encoder=console", "--zap-time-encoding=rfc3339"],
         control_plane.log_dir / "keda-operator.log",
-        lambda: _http_ok(f"http://127.0.0.1:{probe_port}/readyz"),
+        lambda: http_ok(f"http://127.0.0.1:{probe_port}/readyz"),
         env=env,
     )
     adapter_port, adapter_metrics_port = free_port(), free_port()
@@ -350,7 +338,7 @@ def start_keda(control_plane: ControlPlane, watch_namespace: str = "", timeout: 
          f"--port={adapter_metrics_port}",
          "--zap-log-level=info", "--zap-encoder=console"],
         control_plane.log_dir / "keda-adapter.log",
-        lambda: _http_ok(f"https://127.0.0.1:{adapter_port}/readyz", _insecure_context()),
+        lambda: http_ok(f"https://127.0.0.1:{adapter_port}/readyz", insecure_context()),
         env=env,
     )
     control_plane.processes += [operator, adapter]

@@ -28,12 +28,13 @@ from airflow_on_k8s.testing.controlplane import (
     ControlPlane,
     ControlPlaneError,
     Process,
-    _http_ok,
-    _insecure_context,
+    http_ok,
+    insecure_context,
     binary,
+    go_mod_cache,
     pinned_version,
 )
-from airflow_on_k8s.testing.keda import _CA, _apply, _go_mod_cache, _wait, apiservice_available
+from airflow_on_k8s.testing.keda import _CA, _apply, _wait, apiservice_available
 from airflow_on_k8s.testing.local_services import free_port
 
 NAMESPACE = "kube-system"
@@ -43,7 +44,7 @@ METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
 
 def metrics_server_manifests() -> list[dict]:
     """metrics-server's ServiceAccount and RBAC as it ships them (manifests/base/rbac.yaml of the pinned module)."""
-    path = _go_mod_cache() / f"sigs.k8s.io/metrics-server@{pinned_version('metrics-server')}" / "manifests" / "base"
+    path = go_mod_cache() / f"sigs.k8s.io/metrics-server@{pinned_version('metrics-server')}" / "manifests" / "base"
     if not (path / "rbac.yaml").is_file():
         raise ControlPlaneError(f"{path}/rbac.yaml not found: `make k8s-binaries` downloads the module")
     return [doc for doc in yaml.safe_load_all((path / "rbac.yaml").read_text()) if doc]
@@ -85,7 +86,7 @@ def start_metrics_server(control_plane: ControlPlane, metric_resolution: str = "
          "--kubelet-insecure-tls", f"--metric-resolution={metric_resolution}"],
         control_plane.log_dir / "metrics-server.log",
         # /readyz waits for a first successful scrape; /livez says the server is up.
-        lambda: _http_ok(f"https://127.0.0.1:{port}/livez", _insecure_context()),
+        lambda: http_ok(f"https://127.0.0.1:{port}/livez", insecure_context()),
     )
     control_plane.processes.append(process)
     process.start()
