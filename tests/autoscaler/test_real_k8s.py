@@ -107,9 +107,17 @@ class RealWorkers:
         self._command = command
 
     def _runner(self, pod: client.V1Pod) -> ProcessSpec | None:
-        if pod.metadata.namespace != self.namespace:
+        # Celery workers for the Deployment's pods; any other pod (a KubernetesExecutor-like pod) runs nothing.
+        if pod.metadata.namespace != self.namespace or not pod.metadata.owner_references:
             return None
         return ProcessSpec(self._command(pod.metadata.name))
+
+    def scale_to(self, replicas: int, timeout: float = 180) -> None:
+        """Set the worker count by hand and wait until that many Celery workers run."""
+        self.apps.patch_namespaced_deployment_scale(WORKER_DEPLOYMENT, self.namespace, {"spec": {"replicas": replicas}})
+        wait_for(lambda: len(self.agent.processes()) == replicas
+                 and len([p for p in self.live_pods() if p.metadata.owner_references]) == replicas, timeout,
+                 f"{replicas} worker pods running")
 
     def token_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig holding a token of the program's ServiceAccount (a TokenRequest, as the kubelet mounts)."""
@@ -196,8 +204,9 @@ def test_burst_scales_to_the_need_and_removes_only_drained_pods_with_two_autosca
     other takes over."""
     grace = worker_grace_seconds(60)  # what the program sets for a 60 s drain timeout: the chart's 600 s floor
     workers = RealWorkers(control_plane, stack, grace)
-    one = controller(stack, workers, "one", tmp_path, "--drain-timeout-s", "60")
-    two = controller(stack, workers, "two", tmp_path, "--drain-timeout-s", "60")
+    # Identities name the autoscalers' log files on the session's Airflow: one per test.
+    one = controller(stack, workers, "burst-one", tmp_path, "--drain-timeout-s", "60")
+    two = controller(stack, workers, "burst-two", tmp_path, "--drain-timeout-s", "60")
     try:
         wait_for(lambda: one.metrics() and two.metrics(), 60, "both autoscalers serving metrics")
         wait_for(lambda: sum(c.metrics().get("airflow_worker_autoscaler_leader", 0) for c in (one, two)) == 1, 30,
@@ -268,5 +277,66 @@ def test_blind_scale_down_on_the_same_controllers_kills_running_tasks(control_pl
             "pods SIGKILLed at the end of grace (tasks killed)": len(killed),
         })
         assert len(killed) >= 1
+    finally:
+        workers.close()
+
+
+# --- cases of the scale-down issue that depend on Kubernetes, on the real controllers ------------------------------
+
+
+def test_pods_with_the_worker_labels_that_the_deployment_does_not_own_are_never_touched(control_plane, stack, tmp_path):
+    """Issue 11 case 8: a pod carrying the chart's worker labels but not owned by the worker Deployment's
+    ReplicaSet (what a KubernetesExecutor pod looks like in a hybrid setup) is neither counted, marked nor removed;
+    the Deployment's own idle workers are removed cleanly."""
+    workers = RealWorkers(control_plane, stack, grace_s=30)
+    try:
+        foreign = {
+            "metadata": {"name": "airflow-kubernetes-executor-task", "labels": dict(WORKER_POD_LABELS)},
+            "spec": {"nodeSelector": {"airflow-on-k8s/test-node": "agent"}, "automountServiceAccountToken": False,
+                     "containers": [{"name": "base", "image": "apache/airflow:test"}]},
+        }  # fmt: skip
+        workers.core.create_namespaced_pod(workers.namespace, foreign)
+        workers.scale_to(2)
+        one = controller(stack, workers, "foreign", tmp_path, "--drain-timeout-s", "30")
+        try:
+            wait_for(lambda: workers.replicas() == 0 and [p.metadata.name for p in workers.all_pods()]
+                     == ["airflow-kubernetes-executor-task"], 180, "the Deployment's own workers removed")
+            pod = workers.core.read_namespaced_pod("airflow-kubernetes-executor-task", workers.namespace)
+            assert pod.metadata.deletion_timestamp is None
+            assert "controller.kubernetes.io/pod-deletion-cost" not in (pod.metadata.annotations or {})
+            assert "ignoring 1 pods that match the worker labels but not the worker Deployment" in one.log()
+            assert len(workers.agent.terminations) == 2 and not any(t.killed for t in workers.agent.terminations)
+        finally:
+            one.stop()
+    finally:
+        workers.close()
+
+
+def test_no_scale_down_while_a_rollout_keeps_two_replicasets(control_plane, stack, tmp_path):
+    """Issue 11 case 3: during a rollout the Deployment controller scales ReplicaSets proportionally and
+    pod-deletion-cost only ranks pods within one ReplicaSet (KEP-2255), so the autoscaler holds. The rollout is kept
+    open with minReadySeconds (the new pods never count as available) under the chart's strategy
+    (maxSurge 100%, maxUnavailable 50%)."""
+    workers = RealWorkers(control_plane, stack, grace_s=30)
+    try:
+        workers.scale_to(2)
+        workers.apps.patch_namespaced_deployment(WORKER_DEPLOYMENT, workers.namespace, {"spec": {
+            "minReadySeconds": 300, "template": {"metadata": {"annotations": {"rollout": "1"}}}}})
+        hashes = lambda: {p.metadata.labels.get("pod-template-hash") for p in workers.live_pods()}  # noqa: E731
+        # The Deployment controller itself takes the old ReplicaSet down to 1 (maxUnavailable): let that settle.
+        wait_for(lambda: len(hashes()) == 2 and len(workers.all_pods()) == len(workers.live_pods()) == 3, 120,
+                 "pods of two ReplicaSets, none terminating")
+        before = len(workers.agent.terminations)
+        one = controller(stack, workers, "rollout", tmp_path, "--drain-timeout-s", "30")
+        try:
+            wait_for(lambda: "hold: " in one.log() and ("rollout in progress" in one.log()
+                     or "removal pending" in one.log()), 120, "the autoscaler holding")
+            time.sleep(15)  # several more loops (2 s each): still nothing removed
+            assert workers.replicas() == 2
+            assert len(workers.agent.terminations) == before
+            assert not any("pod-deletion-cost" in str(p.metadata.annotations) for p in workers.live_pods())
+            assert "draining" not in one.log()
+        finally:
+            one.stop()
     finally:
         workers.close()
