@@ -152,7 +152,7 @@ CONCURRENCY = 2
 BURST = 8  # tasks -> exactly ceil(8 / 2) = 4 workers
 
 
-def burst_dag(dag_id: str, seconds: int) -> str:
+def burst_dag(dag_id: str, seconds: int, tasks: int = BURST) -> str:
     # retries=2: a task killed under it would come back with try_number 2, which the tests would see.
     return f'''
 import time
@@ -164,7 +164,7 @@ with DAG("{dag_id}", schedule=None, default_args={{"retries": 2, "retry_delay": 
         time.sleep({seconds})
         return i
 
-    for i in range({BURST}):
+    for i in range({tasks}):
         work.override(task_id=f"t{{i}}")(i)
 '''
 

@@ -37,11 +37,12 @@ WORKER_DEPLOYMENT = "airflow-worker"
 # A Celery queue of these tests' own: the session's Airflow is shared with other tests, whose leftover tasks on
 # `default` must not count here.
 QUEUE = "k8s"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 
-def k8s_dag(dag_id: str, seconds: int) -> str:
-    """burst_dag's 8 tasks, on this module's queue."""
-    text = burst_dag(dag_id, seconds)
+def k8s_dag(dag_id: str, seconds: int, tasks: int = BURST) -> str:
+    """burst_dag's tasks (8 unless told), on this module's queue."""
+    text = burst_dag(dag_id, seconds, tasks)
     old = 'default_args={"retries": 2, "retry_delay": 1}'
     assert old in text
     return text.replace(old, f'default_args={{"retries": 2, "retry_delay": 1, "queue": "{QUEUE}"}}')
@@ -351,4 +352,100 @@ def test_no_scale_down_while_a_rollout_keeps_two_replicasets(control_plane, stac
         finally:
             one.stop()
     finally:
+        workers.close()
+
+
+def _states(stack, dag_id: str, run_id: str) -> list[tuple[str | None, int]]:
+    return [(t[1], t[2]) for t in stack.task_instances(dag_id, run_id)]
+
+
+def _names(pods) -> list[str]:
+    return sorted(p.metadata.name for p in pods)
+
+
+def test_a_busy_worker_that_is_not_ready_holds_the_scale_down(control_plane, stack, tmp_path):
+    """Issue 11 case 1: the ReplicaSet deletes a not-ready pod before any pod-deletion-cost is compared
+    (tests/k8s/test_controlplane.py proves it on these controllers), so while a busy worker is not Ready the
+    autoscaler lowers nothing, even though an idle worker could go. Once it is Ready again, the idle one is removed
+    and only it; the task runs to the end on its first try. Durations scaled down: grace 10 s, one 90 s task."""
+    workers = RealWorkers(control_plane, stack, grace_s=10)
+    one = None
+    try:
+        workers.scale_to(1)
+        (busy,) = _names(workers.live_pods())
+        stack.add_dag("notready-k8s", k8s_dag("notready-k8s", 90, tasks=1))
+        stack.trigger("notready-k8s", "notready-k8s-1")
+        wait_for(lambda: _states(stack, "notready-k8s", "notready-k8s-1") == [("running", 1)], 180, "the task running")
+        workers.agent.set_ready(workers.namespace, busy, False)  # a failing readiness probe, the task goes on
+        workers.scale_to(2)
+        (idle,) = [n for n in _names(workers.live_pods()) if n != busy]
+        one = controller(stack, workers, "not-ready", tmp_path, "--drain-timeout-s", "30")
+        hold = f"busy worker {busy} (not ready) would be deleted first by the ReplicaSet"
+        wait_for(lambda: hold in one.log(), 120, "the autoscaler holding")
+        time.sleep(8)  # several more loops (2 s each)
+        assert workers.replicas() == 2 and not workers.agent.terminations
+        assert "draining" not in one.log()
+        workers.agent.set_ready(workers.namespace, busy, True)
+        wait_for(lambda: idle not in _names(workers.all_pods()), 120, "the idle worker removed")
+        assert busy in _names(workers.live_pods()), "the busy worker was removed while its task ran"
+        wait_for(lambda: _states(stack, "notready-k8s", "notready-k8s-1") == [("success", 1)], 180, "the task done")
+        assert workers.agent.terminations[0].pod == idle
+        assert not any(t.killed for t in workers.agent.terminations)
+        assert not workers.agent.errors
+    except BaseException:
+        print(workers.diagnostics(), "\n--- autoscaler ---\n", one.log()[-6000:] if one else "")
+        raise
+    finally:
+        if one:
+            one.stop()
+        workers.close()
+
+
+def test_a_late_replicaset_keeps_the_removal_marks_and_the_drained_worker_takes_no_task(control_plane, stack, tmp_path):
+    """Issue 11 case 2: kube-controller-manager is down (a crash or an upgrade) when the autoscaler lowers
+    replicas, so the ReplicaSet acts late. Meanwhile the drained worker keeps its mark and takes no task, and no
+    further scale-down starts; once the controller is back the ReplicaSet deletes the marked pod and only it, and
+    both tasks that arrived in the gap finish on their first try. Durations scaled down: grace 10 s, 30 s tasks."""
+    workers = RealWorkers(control_plane, stack, grace_s=10)
+    one = None
+    try:
+        workers.scale_to(2)
+        with control_plane.stopped("kube-controller-manager"):
+            one = controller(stack, workers, "late-rs", tmp_path, "--drain-timeout-s", "30",
+                             "--min-workers", "1", "--scale-down-max-step", "1")
+            wait_for(lambda: workers.replicas() == 1, 120, "replicas lowered by the autoscaler")
+            marked = [p.metadata.name for p in workers.live_pods()
+                      if (p.metadata.annotations or {}).get(DELETION_COST) == str(-(2**31))]
+            assert len(marked) == 1, workers.diagnostics()
+            (kept,) = [n for n in _names(workers.live_pods()) if n not in marked]
+            stack.add_dag("late-k8s", k8s_dag("late-k8s", 30, tasks=2))
+            stack.trigger("late-k8s", "late-k8s-1")
+            wait_for(lambda: _states(stack, "late-k8s", "late-k8s-1") == [("running", 1)] * 2, 180, "both tasks running")
+            # The ReplicaSet still late: the mark stays and nothing else is lowered, through the autoscaler's wait
+            # for the removed pod (30 s) and the loops after it, which find live pods > replicas.
+            samples, deadline = 0, time.monotonic() + 90
+            while samples < 8 or "replicas 1 -> 1" not in one.log():
+                assert time.monotonic() < deadline, "no loop after the removal"
+                pods = {p.metadata.name: p for p in workers.all_pods()}
+                assert set(pods) == {marked[0], kept}
+                assert (pods[marked[0]].metadata.annotations or {}).get(DELETION_COST) == str(-(2**31))
+                assert workers.replicas() == 1
+                samples += 1
+                time.sleep(1)
+            time.sleep(6)  # three more loops with the removal pending
+            assert (workers.core.read_namespaced_pod(marked[0], workers.namespace).metadata.annotations or {}).get(
+                DELETION_COST) == str(-(2**31))
+            assert "clearing removal marks" not in one.log()
+        wait_for(lambda: marked[0] not in _names(workers.all_pods()), 120, "the ReplicaSet deleting the marked pod")
+        assert _names(workers.live_pods()) == [kept]
+        wait_for(lambda: _states(stack, "late-k8s", "late-k8s-1") == [("success", 1)] * 2, 180, "both tasks done")
+        assert [t.pod for t in workers.agent.terminations] == marked
+        assert not any(t.killed for t in workers.agent.terminations)
+        assert not workers.agent.errors
+    except BaseException:
+        print(workers.diagnostics(), "\n--- autoscaler ---\n", one.log()[-6000:] if one else "")
+        raise
+    finally:
+        if one:
+            one.stop()
         workers.close()

@@ -13,6 +13,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from airflow_on_k8s.testing.controlplane import ControlPlane, ControlPlaneError, pinned_version, start_kwok
+from airflow_on_k8s.testing.node_agent import NodeAgent
 from airflow_on_k8s.versions import SUPPORTED_KUBERNETES_VERSIONS
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
@@ -164,6 +165,37 @@ def test_replicaset_controller_and_scheduler_honour_pod_deletion_cost(api, kwok_
     time.sleep(1)
 
     assert scale_to_one(api, ns) == [keep]
+
+
+def test_a_pod_that_is_not_ready_is_deleted_before_the_one_marked_for_deletion(api, tmp_path):
+    """The premise of the scale-down issue's case 1, on the real ReplicaSet controller: rule 3 of
+    ActivePodsWithRanks ("not ready < ready") comes before rule 4 (pod-deletion-cost), so lowering replicas by one
+    deletes a not-ready pod even when another carries the lowest possible cost. The task-aware autoscaler must
+    therefore hold while a busy pod is not Ready (tests/autoscaler/test_real_k8s.py proves that it does)."""
+    ns = "not-ready-first"
+    make_namespace(api, ns)
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    labels = {"app": "worker"}
+    nodes = {"rank-node-1": {"airflow-on-k8s/test-node": "rank"}}
+    with NodeAgent(api, nodes, lambda pod: None, tmp_path / "pods") as agent:
+        apps.create_namespaced_deployment(ns, {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "worker"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
+                "metadata": {"labels": labels},
+                "spec": {"nodeSelector": nodes["rank-node-1"], "terminationGracePeriodSeconds": 0,
+                         "containers": [{"name": "worker", "image": "registry.invalid/worker:never-pulled"}]}}},
+        })  # fmt: skip
+
+        def two_ready():
+            pods = core.list_namespaced_pod(ns, label_selector="app=worker").items
+            return pods if len(pods) == 2 and all(_running_ready(p) for p in pods) else None
+
+        marked, not_ready = sorted(p.metadata.name for p in wait_for(two_ready, what="2 Running+Ready pods"))
+        core.patch_namespaced_pod(marked, ns, {"metadata": {"annotations": {DELETION_COST: str(-(2**31))}}})
+        agent.set_ready(ns, not_ready, False)
+        wait_for(lambda: not _running_ready(core.read_namespaced_pod(not_ready, ns)), what="the pod reported not Ready")
+        time.sleep(1)  # the ReplicaSet controller sorts the pods of its informer cache: let the updates reach it
+        assert scale_to_one(api, ns) == [marked]
 
 
 def test_rbac_denies_an_unbound_service_account(api, control_plane):

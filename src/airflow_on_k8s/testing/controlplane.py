@@ -551,6 +551,21 @@ class ControlPlane:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.running]
 
+    @contextlib.contextmanager
+    def stopped(self, name: str) -> Iterator[None]:
+        """Stop one component (e.g. ``kube-controller-manager``, as a crash, an upgrade or a lost leader election
+        does) for the duration of the block, then start it again with the same flags and wait until it is healthy.
+        The other components keep running: objects written meanwhile wait for the restarted controller."""
+        process = next((p for p in self.processes if p.name == name), None)
+        if process is None:
+            raise ControlPlaneError(f"no component named {name!r}: {[p.name for p in self.processes]}")
+        process.stop()
+        try:
+            yield
+        finally:
+            process.start()
+            process.wait_healthy(self.start_timeout)
+
     def log_tails(self, lines: int = 30) -> str:
         return "\n".join(f"----- {p.name} ({p.log_path}) -----\n{p.tail(lines)}" for p in self.processes)
 

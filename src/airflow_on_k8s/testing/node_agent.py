@@ -7,6 +7,8 @@ lifecycle controller reads), and for every pod the scheduler binds to one of its
   a session of its own, reports the pod Running and Ready (the chart's Celery workers have no readiness probe,
   so a kubelet reports them Ready once the container runs) and restarts the process if it exits, counting
   restarts (restartPolicy Always);
+- reports a pod not Ready on request (`set_ready`), as a kubelet does when a readiness probe fails or the
+  container is unhealthy, while its process keeps running (and may hold a task);
 - once the pod has a deletionTimestamp: SIGTERM to the main process only (the chart sets DUMB_INIT_SETSID=0 so
   Celery gets a warm shutdown), waits up to the pod's terminationGracePeriodSeconds, SIGKILLs the whole process
   group if it is still running (the container runtime kills every process of the container), then removes the
@@ -102,6 +104,7 @@ class NodeAgent:
         self.poll_s = poll_s
         self.terminations: list[Termination] = []
         self._containers: dict[tuple[str, str], _Container] = {}  # (namespace, name) -> container
+        self._not_ready: set[tuple[str, str]] = set()  # pods reported not Ready (set_ready)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_heartbeat = 0.0
@@ -260,15 +263,26 @@ class NodeAgent:
             )  # fmt: skip
         return _Container(pod.metadata.uid, process, log_path)
 
+    def set_ready(self, namespace: str, name: str, ready: bool) -> None:
+        """Report the pod's containers ready or not (Ready and ContainersReady conditions, each container's
+        `ready`), keeping its process running. The report sticks across container restarts."""
+        key = (namespace, name)
+        (self._not_ready.discard if ready else self._not_ready.add)(key)
+        pod = self.core.read_namespaced_pod(name, namespace)
+        container = self._containers.get(key)
+        self._report_running(pod, restarts=container.restarts if container else 0)
+
     def _report_running(self, pod: client.V1Pod, restarts: int) -> None:
         now = _now()
+        ready = (pod.metadata.namespace, pod.metadata.name) not in self._not_ready
         conditions = [
-            {"type": t, "status": "True", "lastTransitionTime": now.isoformat()}
+            {"type": t, "status": "True" if ready or t in ("PodScheduled", "Initialized") else "False",
+             "lastTransitionTime": now.isoformat()}
             for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
         ]
         statuses = [
             {
-                "name": c.name, "image": c.image or "", "imageID": "", "ready": True, "started": True,
+                "name": c.name, "image": c.image or "", "imageID": "", "ready": ready, "started": True,
                 "restartCount": restarts, "state": {"running": {"startedAt": now.isoformat()}},
             }
             for c in pod.spec.containers
