@@ -14,6 +14,7 @@ from typing import NotRequired, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
+from pydantic.alias_generators import to_camel
 
 from airflow_on_k8s.config import (
     PROJECT,
@@ -85,7 +86,7 @@ def task_pool_selector(data: dict | None) -> TaskPoolSelector:
     """A `TaskPool` input as the selector; keys left out take TASK_POOL's values."""
     values = {**TASK_POOL.as_dict(), **without_none(dict(data or {}))}
     problems = [
-        f"{PROJECT}:taskPool.{key}: must be a plain string known before deployment, got {value!r}"
+        f"{PROJECT}:taskPool.{to_camel(key)}: must be a plain string known before deployment, got {value!r}"
         for key, value in values.items()
         if not isinstance(value, str) or not value
     ]
