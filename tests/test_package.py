@@ -166,12 +166,16 @@ def test_the_package_installs_with_its_data_and_no_repository(fresh_venv, tmp_pa
         "print(airflow_on_k8s.__file__)\n"
         "print(sorted(p.name for p in a.DAGS_DIR.glob('*.py')))\n"
         "print(len(w.package_files()))\n"
+        "from airflow_on_k8s import provider\n"
+        "print(sorted(provider.schema()['resources']))\n"
     )
     out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], cwd=tmp_path, check=True, env=CLEAN_ENV,
                          capture_output=True, text=True).stdout.splitlines()
     assert out[0].startswith(str(fresh_venv)), out[0]
     assert "example_task_pool.py" in out[1]
     assert int(out[2]) > 10
+    # The installed copy serves the same components as this checkout (the portable ones included).
+    assert out[3] == str(sorted(f"{provider.NAME}:index:{c.__name__}" for c in provider.COMPONENTS))
 
 
 def test_the_example_previews_offline_from_a_folder_outside_the_repository(fresh_venv, tmp_path):

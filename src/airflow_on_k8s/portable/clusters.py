@@ -12,7 +12,7 @@ from typing import Any, NotRequired, TypedDict
 import pulumi
 
 from airflow_on_k8s.config import StackConfig, parse_stack_config
-from airflow_on_k8s.contract import register_annotated_outputs
+from airflow_on_k8s.contract import output_names, register_annotated_outputs
 from airflow_on_k8s.portable.settings import (
     AwsSettings,
     ClusterAutoscalerSettings,
@@ -201,8 +201,6 @@ def _adopt(component: pulumi.ComponentResource, cluster: Any) -> None:
     The kubeconfig resolves after the cluster's own Kubernetes provider is created, which waits for what the
     cluster needs before a workload can run; a provider built from it elsewhere (`AirflowOnCluster`) then waits too.
     """
-    from airflow_on_k8s.contract import output_names
-
     component.cloud = pulumi.Output.from_input(cluster.cloud)  # type: ignore[attr-defined]
     component.task_pool = pulumi.Output.from_input(task_pool_data(cluster.task_pool))  # type: ignore[attr-defined]
     ready = pulumi.Output.all(cluster.kubeconfig, cluster.provider.urn).apply(lambda values: values[0])
