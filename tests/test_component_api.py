@@ -60,7 +60,8 @@ def _params(check: str) -> list[Any]:
     return [
         pytest.param(
             cls,
-            id=cls.__name__,
+            # The subpackage too: the portable components share their names with the Python ones they wrap.
+            id=f"{cls.__module__.split('.')[1]}.{cls.__name__}",
             marks=(
                 [pytest.mark.xfail(strict=True, reason=f"known exception: {check} (KNOWN_EXCEPTIONS)")]
                 if check in KNOWN_EXCEPTIONS.get(_qualname(cls), set())
@@ -133,8 +134,8 @@ def test_args_fields_are_documented(component):
         if dataclasses.is_dataclass(cls):
             assert cls.__dataclass_params__.frozen, f"{cls.__name__}: args are frozen dataclasses"
             fields = [f.name for f in dataclasses.fields(cls)]
-        else:  # a TypedDict, the component provider's form (AirflowOnKubernetesArgs)
-            fields = list(typing.get_type_hints(cls))
+        else:  # a TypedDict, the component provider's form (AirflowOnKubernetesArgs, airflow_on_k8s.portable)
+            fields = list(cls.__annotations__)  # not evaluated: pulumi.Input holds a forward reference
         docs = _annotation_docstrings(cls)
         problems += [f"{cls.__name__}.{name}" for name in fields if not docs.get(name)]
     assert not problems, f"fields without a docstring right under them: {problems}"
@@ -196,6 +197,33 @@ Keda("keda", KedaArgs(), cluster)
 TaskNamespace("tasks", TaskNamespaceArgs(launchers=(ServiceAccountRef("airflow", "airflow-worker"),),
                                          task_pool_max_nodes=2), cluster)
 """,
+    # The components other languages get, from plain data as the component provider hands it over (dicts).
+    "portable": """
+import pulumi
+from airflow_on_k8s.portable.airflow import AirflowOnCluster
+from airflow_on_k8s.portable.clusters import EksCluster, GkeCluster
+eks = EksCluster("portable-eks", {
+    "cluster_name": "portable-eks",
+    "aws": {"region": "eu-west-1", "public_access_cidrs": ["198.51.100.7/32"], "nat_gateway_per_az": False},
+    "task_pool": {"max_size": 4, "spot": True},
+})
+gke = GkeCluster("portable-gke", {
+    "cluster_name": "portable-gke",
+    "gcp": {"project": "typed-project", "region": "europe-west1", "master_authorized_cidrs": ["198.51.100.7/32"]},
+    "task_pool": {"instance_types": ["e2-standard-8"], "max_size": 5, "spot": None},
+})
+airflow = AirflowOnCluster("portable", {
+    "kubeconfig": PORTABLE_KUBECONFIG,
+    "cluster_name": "kind-portable",
+    "task_pool": {"label_value": "batch", "taint_key": "dedicated", "taint_effect": "NoExecute"},
+    "task_pool_max_nodes": 3,
+    "scaling": {"mode": "keda", "min_workers": 0, "max_workers": 4},
+    "observability": {"scrape": "none"},
+})
+for prefix, component in (("eks", eks), ("gke", gke), ("airflow", airflow)):
+    for name in output_names(type(component)):
+        pulumi.export(f"{prefix}.{name}", getattr(component, name))
+""",
     "platform": """
 import yaml
 from airflow_on_k8s.platform import AirflowOnKubernetes
@@ -203,6 +231,7 @@ stack = yaml.safe_load(open(STACK_FILE))["config"]
 AirflowOnKubernetes("platform", {"config": {k.split(":", 1)[1]: v for k, v in stack.items()}})
 """,
 }
+PORTABLE_KUBECONFIG = "apiVersion: v1\nkind: Config\ncurrent-context: kind-portable\n"
 # Each cluster program exports its cluster's annotated outputs, by attribute name.
 EXPORT_CLUSTER_OUTPUTS = """
 import pulumi
@@ -233,7 +262,11 @@ def typed_runs(tmp_path_factory) -> tuple[dict[str, ProgramRun], list[Registered
         patch.setattr(pulumi.ComponentResource, "register_outputs", recording)
         for key, source in PROGRAMS.items():
             program = folder / f"{key}.py"
-            header = f"STACK_FILE = {str(REPO / 'stacks' / 'Pulumi.local.yaml')!r}\n"
+            header = (
+                f"STACK_FILE = {str(REPO / 'stacks' / 'Pulumi.local.yaml')!r}\n"
+                f"PORTABLE_KUBECONFIG = {PORTABLE_KUBECONFIG!r}\n"
+                "from airflow_on_k8s.contract import output_names\n"
+            )
             program.write_text(header + source + (EXPORT_CLUSTER_OUTPUTS if "cluster = " in source else ""))
             # The stack only sets the runtime's config, which these programs do not read.
             runs[key] = run_program("local", program=program)
@@ -349,3 +382,114 @@ def test_the_args_defaults_are_the_stack_configs():
     typed_gke = GkeClusterArgs("c", "typed-project", "europe-west1", tuple(cidrs), gke.system_pool, gke.task_pool,
                                labels=gke.labels)
     assert typed_gke == gke
+
+
+# --- The components other languages get (airflow_on_k8s.portable) ----------------------------------------------
+
+
+def test_portable_clusters_build_from_plain_data_with_plain_outputs(typed_runs):
+    from airflow_on_k8s.task_pool import TASK_POOL
+
+    run = typed_runs[0]["portable"]
+    out = run.outputs
+    assert (out["eks.cloud"], out["eks.cluster_name"]) == ("aws", "portable-eks")
+    kubeconfig = json.loads(out["eks.kubeconfig"]["secret"])
+    assert kubeconfig["users"][0]["user"]["exec"]["args"][-5:] == ["portable-eks", "--region", "eu-west-1", "--output", "json"]
+    assert out["eks.task_pool"] == out["gke.task_pool"] == TASK_POOL.as_dict()
+    assert out["eks.vpc_id"] and len(out["eks.private_subnet_ids"]) == 3  # the stack config's default AZ count
+    # The inputs went through the stack config: its defaults fill what is left out, the given keys win.
+    tasks = _inputs(run, "aws:eks/nodeGroup:NodeGroup", "portable-eks-tasks")
+    assert (tasks["capacityType"], tasks["scalingConfig"]["maxSize"], tasks["instanceTypes"]) == (
+        "SPOT", 4, ["m6i.xlarge", "m5.xlarge"])
+    assert len(run.by_type("aws:ec2/natGateway:NatGateway")) == 1
+    # The Python component is the adapter's child (its URN keeps a type chain of its own).
+    assert run.one("airflow-on-k8s:aws:EksCluster").parent == "airflow-on-k8s:index:EksCluster::portable-eks"
+    assert (out["gke.cloud"], out["gke.project"], out["gke.region"]) == ("gcp", "typed-project", "europe-west1")
+    assert "gke-gcloud-auth-plugin" in out["gke.kubeconfig"]["secret"]
+    gke_tasks = _inputs(run, "gcp:container/nodePool:NodePool", "portable-gke-tasks")
+    assert (gke_tasks["nodeConfig"]["machineType"], gke_tasks["autoscaling"]["totalMaxNodeCount"]) == ("e2-standard-8", 5)
+
+
+def test_airflow_on_cluster_installs_through_a_provider_from_the_kubeconfig_it_is_given(typed_runs):
+    run = typed_runs[0]["portable"]
+    out = run.outputs
+    provider = run.one("pulumi:providers:kubernetes", "portable-k8s")
+    assert provider.parent == "airflow-on-k8s:index:AirflowOnCluster::portable"
+    assert provider.inputs["kubeconfig"] == {"secret": PORTABLE_KUBECONFIG}
+    releases = {r.name: r for r in run.by_type("kubernetes:helm.sh/v3:Release")}
+    for name in ("airflow", "keda", "metrics-server"):
+        assert releases[name].options["provider"] == "portable-k8s", name
+    # cloud left out: local, whose kubelets serve self-signed certificates.
+    assert releases["metrics-server"].inputs["values"]["args"] == ["--kubelet-insecure-tls"]
+    # The task-pool selector given as data lands in the pod mutation hook the chart installs.
+    local_settings = releases["airflow"].inputs["values"]["airflowLocalSettings"]
+    selector = {"label_key": "airflow-on-k8s/pool", "label_value": "batch", "taint_key": "dedicated",
+                "taint_value": "tasks", "taint_effect": "NoExecute"}
+    assert f"TASK_POOL: dict[str, str] = {json.dumps(selector)}" in local_settings
+    assert out["airflow.task_pool"] == selector
+    quota = _inputs(run, "kubernetes:core/v1:ResourceQuota", "airflow-tasks")
+    assert quota["spec"]["hard"]["pods"] == "330"  # task_pool_max_nodes 3
+    celery = releases["airflow"].inputs["values"]["workers"]["celery"]
+    assert celery["keda"]["enabled"] and (celery["keda"]["minReplicaCount"], celery["keda"]["maxReplicaCount"]) == (0, 4)
+    assert not [r for r in run.by_type("airflow-on-k8s:scaling:WorkerAutoscaler")]
+    assert (out["airflow.worker_autoscaler_deployment"], out["airflow.metrics_server_namespace"]) == ("", "kube-system")
+    assert (out["airflow.cluster_name"], out["airflow.airflow_namespace"]) == ("kind-portable", "airflow")
+    assert set(out["airflow.airflow_admin_password"]) == {"secret"}
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        ({"airflow": {"database": "managed"}}, "airflow.database: managed needs the cloud's database"),
+        ({"cloud": "aws"}, "observability.scrape: amazon-managed needs the EKS cluster's AWS details"),
+        ({"cloud": "local", "observability": {"scrape": "google-managed"}}, "google-managed needs cloud gcp"),
+        ({"cloud": "azure"}, "cloud: 'azure' is not one of aws, gcp, local"),
+        ({"airflow": {"workerConcurency": 4}}, "airflow.workerConcurency: is not a known key"),
+        ({"scaling": {"min_workers": 5, "max_workers": 2}}, "scaling.maxWorkers: 2 is below minWorkers"),
+        ({"task_pool_max_nodes": 0}, "taskPool.maxSize: is 0"),
+    ],
+)
+def test_airflow_on_cluster_refuses_settings_it_cannot_honour_with_the_key_and_the_fix(args, problem):
+    from airflow_on_k8s.config import ConfigError
+    from airflow_on_k8s.portable.airflow import in_cluster_config
+
+    with pytest.raises(ConfigError) as raised:
+        in_cluster_config({"kubeconfig": "", **args})
+    assert any(problem in line for line in raised.value.problems), raised.value.problems
+
+
+def test_airflow_on_cluster_checks_the_task_pool_it_is_given():
+    from airflow_on_k8s.config import ConfigError
+    from airflow_on_k8s.portable.airflow import task_pool_selector
+    from airflow_on_k8s.task_pool import TASK_POOL
+
+    assert task_pool_selector(None) == TASK_POOL
+    assert task_pool_selector({"label_value": "batch", "taint_key": None}).taint_key == TASK_POOL.taint_key
+    with pytest.raises(ConfigError, match="taskPool.taintEffect: 'NoScheduled' is not one of"):
+        task_pool_selector({"taint_effect": "NoScheduled"})
+    # A value not known before deployment (an Output over the wire) cannot be written into the hook.
+    with pytest.raises(ConfigError, match="taskPool.labelValue: must be a plain string known before deployment"):
+        task_pool_selector({"label_value": object()})
+
+
+def test_the_portable_defaults_documented_are_the_ones_applied():
+    """The schema's descriptions state the task pool's defaults; they are TASK_POOL's and the stack config's."""
+    from airflow_on_k8s.config import TaskPoolConfig
+    from airflow_on_k8s.portable.airflow import AirflowOnClusterArgs
+    from airflow_on_k8s.portable.clusters import TaskPool
+    from airflow_on_k8s.task_pool import TASK_POOL
+
+    docs = _annotation_docstrings(TaskPool)
+    for key, value in TASK_POOL.as_dict().items():
+        assert f"Default: {value}." in docs[key], key
+    assert f"Default: {TaskPoolConfig().max_size}." in _annotation_docstrings(AirflowOnClusterArgs)["task_pool_max_nodes"]
+
+
+def test_a_portable_cluster_refuses_a_wrong_key_before_registering_anything():
+    from airflow_on_k8s.config import ConfigError
+    from airflow_on_k8s.portable.clusters import stack_config
+
+    with pytest.raises(ConfigError, match="aws.region: 'eu-west' is not an AWS region"):
+        stack_config("aws", {"cluster_name": "c", "aws": {"region": "eu-west"}})
+    with pytest.raises(ConfigError, match="gcp.masterAuthorizedCidrs: is not set"):
+        stack_config("gcp", {"cluster_name": "c", "gcp": {"project": "typed-project", "region": "europe-west1"}})

@@ -89,3 +89,69 @@ def test_the_config_reference_gives_the_defaults_the_model_applies():
         assert _documented_default(default) == actual, key
         checked += 1
     assert checked > 20
+
+
+TYPESCRIPT_EXAMPLES = _blocks("typescript")
+
+
+def _object_keys(text: str, start: int) -> list[tuple[tuple[str, ...], str]]:
+    """(path, key) for every key of the object literal opening at text[start] ("{"), nested keys with their path."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    path: list[str] = []
+    last_key = ""
+    i = start
+    depth = 0
+    while i < len(text):
+        c = text[i]
+        if c == "{":
+            if depth:
+                path.append(last_key)
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if not depth:
+                break
+            path.pop()
+        elif c == '"':
+            i = text.index('"', i + 1)
+        elif c == "[":  # lists hold values only (strings here)
+            i = text.index("]", i)
+        else:
+            m = re.match(r"(\w+)\s*:", text[i:])
+            if m and text[i - 1] in " {\n,":
+                last_key = m.group(1)
+                found.append((tuple(path), last_key))
+                i += m.end() - 1
+        i += 1
+    return found
+
+
+def test_the_readme_typescript_uses_components_inputs_and_outputs_the_schema_has():
+    """The TypeScript a reader copies names components of the schema, and only inputs (at every nesting level, down
+    to the settings' keys) and outputs they have; `pulumi package add` cannot run here, the schema can be read."""
+    from airflow_on_k8s import provider
+
+    served = provider.schema()
+    resources, types = served["resources"], served["types"]
+    assert TYPESCRIPT_EXAMPLES and any("AirflowOnCluster" in b for b in TYPESCRIPT_EXAMPLES)
+    checked = 0
+    for block in TYPESCRIPT_EXAMPLES:
+        variables: dict[str, dict] = {}
+        for m in re.finditer(r"const (\w+) = new airflowOnK8s\.(\w+)\(\"[\w-]+\", ", block):
+            token = f"{provider.NAME}:index:{m.group(2)}"
+            assert token in resources, f"{m.group(2)} is not a component of the schema"
+            variables[m.group(1)] = resources[token]
+            for path, key in _object_keys(block, m.end()):
+                props = resources[token]["inputProperties"]
+                for step in path:
+                    ref = props[step]
+                    props = types[ref["$ref"].split("/")[-1]]["properties"] if "$ref" in ref else None
+                    if props is None:  # a free-form map (e.g. the stack config): not checked further
+                        break
+                if props is not None:
+                    assert key in props, f"{m.group(2)}: {'.'.join(path + (key,))} is not an input"
+                    checked += 1
+        for variable, output in re.findall(r"\b(\w+)\.(\w+)\b", block):
+            if variable in variables:
+                assert output in variables[variable]["properties"], f"{variable}.{output} is not an output"
+    assert checked >= 15

@@ -762,6 +762,21 @@ def parse_stack_config(raw: dict[str, Any]) -> StackConfig:
         raise ConfigError(_format_errors(err)) from None
 
 
+def parse_section(model: type[_Model], key: str, raw: dict[str, Any]) -> Any:
+    """Validate one section of a stack config on its own (e.g. `AirflowConfig` under key `airflow`), or raise
+    ConfigError whose lines name the full key, as `parse_stack_config` would. For callers that take sections
+    without a whole stack (airflow_on_k8s/portable/airflow.py); the cross-section rules are theirs."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        prefix = f"{PROJECT}:"
+        problems = [
+            f"{prefix}{key}:{p[len(prefix):]}" if p.startswith(prefix + " ") else p.replace(prefix, f"{prefix}{key}.", 1)
+            for p in _format_errors(err)
+        ]
+        raise ConfigError(problems) from None
+
+
 def _decode(value: str) -> Any:
     # Pulumi hands structured config over as JSON text and scalars as plain strings.
     if value[:1] in ("{", "["):

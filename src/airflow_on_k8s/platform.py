@@ -39,11 +39,26 @@ class Platform:
     observability: Observability
 
 
-def build_platform(config: StackConfig, opts: pulumi.ResourceOptions | None = None) -> Platform:
-    """Create every component for `config`; `opts` (e.g. a parent) applies to each top-level component."""
-    cluster = create_cluster(config, opts)
-    services = create_cloud_services(config, cluster)
+@dataclass(frozen=True)
+class InCluster:
+    """What `install_on_cluster` created on a cluster; the optional parts are None where the config turns them off."""
 
+    metrics_server: MetricsServer | None
+    keda: Keda
+    task_namespace: TaskNamespace
+    airflow: Airflow
+    worker_autoscaler: WorkerAutoscaler | None
+    observability: Observability
+
+
+def install_on_cluster(
+    config: StackConfig,
+    cluster: KubernetesCluster,
+    services: CloudServices,
+    opts: pulumi.ResourceOptions | None = None,
+) -> InCluster:
+    """Everything after the cluster, for `config`: add-ons, Airflow, the worker autoscaler, observability. `opts` (e.g.
+    a parent) applies to each top-level component. `build_platform` and `portable.AirflowOnCluster` both run it."""
     # Add-ons: metrics-server where the cloud has none (not GKE), KEDA everywhere.
     metrics_server_args = MetricsServerArgs.from_stack(config)
     metrics_server = (
@@ -64,7 +79,18 @@ def build_platform(config: StackConfig, opts: pulumi.ResourceOptions | None = No
     observability = Observability(
         "observability", ObservabilityArgs.from_stack(config), cluster, airflow, autoscaler, opts
     )
-    return Platform(config, cluster, services, metrics_server, keda, tasks, airflow, autoscaler, observability)
+    return InCluster(metrics_server, keda, tasks, airflow, autoscaler, observability)
+
+
+def build_platform(config: StackConfig, opts: pulumi.ResourceOptions | None = None) -> Platform:
+    """Create every component for `config`; `opts` (e.g. a parent) applies to each top-level component."""
+    cluster = create_cluster(config, opts)
+    services = create_cloud_services(config, cluster)
+    i = install_on_cluster(config, cluster, services, opts)
+    return Platform(
+        config, cluster, services, i.metrics_server, i.keda, i.task_namespace, i.airflow, i.worker_autoscaler,
+        i.observability,
+    )
 
 
 class AirflowOnKubernetesArgs(TypedDict):

@@ -6,10 +6,13 @@ annotations the outputs, and the docstring under each their descriptions. `provi
 the plugin folder (PulumiPlugin.yaml); `python -m airflow_on_k8s.tools.schema` writes the inferred schema to
 `provider/schema.json` so a change to a component's inputs or outputs shows up in review.
 
-One component crosses the language boundary: `AirflowOnKubernetes`, the whole platform from a stack config. The
-finer-grained components take each other (a cluster, its services) as Python objects; the host's analyzer can
-reference resources of other packages only (pulumi/provider/experimental/analyzer.py, `is_resource` →
-`get_dependency_for_type`), so they stay Python-only.
+Two kinds of component cross the language boundary. `AirflowOnKubernetes` is the whole platform from a stack config.
+The finer building blocks are in `airflow_on_k8s.portable`: `EksCluster` and `GkeCluster` build a cluster and give
+its kubeconfig and task-pool selector as plain outputs; `AirflowOnCluster` takes those (or any cluster's) as plain
+data and installs metrics-server, KEDA, Airflow, the worker autoscaler and observability on it. The Python
+components they wrap take each other (a cluster, its services) as Python objects; the host's analyzer can reference
+resources of other packages only (pulumi/provider/experimental/analyzer.py, `is_resource` ->
+`get_dependency_for_type`), so those stay Python-only and the portable ones are thin adapters over them.
 """
 
 import json
@@ -17,9 +20,11 @@ from typing import Any
 
 from airflow_on_k8s import __version__
 from airflow_on_k8s.platform import AirflowOnKubernetes
+from airflow_on_k8s.portable.airflow import AirflowOnCluster
+from airflow_on_k8s.portable.clusters import EksCluster, GkeCluster
 
 NAME = "airflow-on-k8s"
-COMPONENTS = [AirflowOnKubernetes]
+COMPONENTS = [AirflowOnKubernetes, EksCluster, GkeCluster, AirflowOnCluster]
 
 
 def schema() -> dict[str, Any]:
