@@ -28,6 +28,8 @@ from packaging.requirements import Requirement
 
 from airflow_on_k8s.airflow import worker_autoscaler as component
 from airflow_on_k8s.airflow.component import (
+    AIRFLOW_CONFIG_CONFIGMAP,
+    AIRFLOW_CONFIG_PATH,
     CHART_WORKER_GRACE_SECONDS,
     WORKER_DEPLOYMENT,
     WORKER_POD_LABELS,
@@ -169,7 +171,7 @@ def test_configmap_holds_every_py_file_of_the_package_byte_for_byte(run):
 
 def test_the_volume_puts_each_key_back_at_its_path_and_python_finds_the_package(run):
     spec = objects(run)["Deployment"]["spec"]["template"]["spec"]
-    (volume,) = [v for v in spec["volumes"] if "configMap" in v]
+    (volume,) = [v for v in spec["volumes"] if v.get("configMap", {}).get("name") == component.SOURCE_CONFIGMAP]
     assert volume["configMap"]["name"] == objects(run)["ConfigMap"]["metadata"]["name"]
     items = {i["key"]: i["path"] for i in volume["configMap"]["items"]}
     assert items == {component.configmap_key(p): p for p in repo_package_files()}
@@ -201,7 +203,7 @@ def mount_like_kubelet(data: dict[str, str], items: list[dict], root: Path) -> P
 def test_the_mounted_source_imports_and_runs_the_cli(tmp_path):
     run = program_run(TASK_AWARE_STACKS[0])
     spec = objects(run)["Deployment"]["spec"]["template"]["spec"]
-    (volume,) = [v for v in spec["volumes"] if "configMap" in v]
+    (volume,) = [v for v in spec["volumes"] if v.get("configMap", {}).get("name") == component.SOURCE_CONFIGMAP]
     c = container(run)
     (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
     root = tmp_path / "opt"
@@ -229,6 +231,60 @@ def test_the_mounted_source_imports_and_runs_the_cli(tmp_path):
     assert f"{expected_modules} modules" in done.stdout
     assert "--min-workers" in done.stdout and "--lease-name" in done.stdout
     assert not list(package.resolve().rglob("__pycache__"))
+
+
+def chart_airflow_cfg(config: dict[str, dict[str, str]]) -> str:
+    """airflow.cfg as the chart renders its `config` values (chart/templates/configmaps/configmap.yaml: one
+    `[section]` per key, `key = value` lines)."""
+    def go_string(value) -> str:
+        # Values reach Helm as JSON numbers (float64), and sprig's toString prints float64(2) as "2".
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    return "".join(f"[{section}]\n" + "".join(f"{k} = {go_string(v)}\n" for k, v in settings.items()) + "\n"
+                   for section, settings in config.items())
+
+
+def test_the_autoscaler_reads_the_charts_airflow_cfg_so_chart_celery_options_reach_it(tmp_path):
+    """Issue 11 case 5 in production: the control app must share the workers' broker options. Options set through
+    the chart's `config` live only in the chart's airflow.cfg ConfigMap; the autoscaler mounts it where the chart's
+    workers have it and points AIRFLOW_CONFIG there, and real Airflow config code reads it. The local stack: the
+    clouds' remote logging needs their Airflow providers, which the image has and this test environment lacks."""
+    run = program_run("local")
+    spec = objects(run)["Deployment"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v.get("configMap", {}).get("name") == AIRFLOW_CONFIG_CONFIGMAP]
+    c = container(run)
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
+    assert (mount["mountPath"], mount["subPath"], mount["readOnly"]) == (AIRFLOW_CONFIG_PATH, "airflow.cfg", True)
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    assert env["AIRFLOW_CONFIG"] == mount["mountPath"]
+    # The chart's config as the program sets it, plus what a user could set through the chart: a broker option.
+    (release,) = [r for r in run.by_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "airflow"]
+    config = {**release.inputs["values"]["config"], "celery_broker_transport_options": {"visibility_timeout": "7200"}}
+    cfg = tmp_path / "airflow.cfg"
+    cfg.write_text(chart_airflow_cfg(config))
+    env = {**env, "AIRFLOW_CONFIG": str(cfg), "AIRFLOW_HOME": str(tmp_path / "home"), "PATH": os.environ["PATH"],
+           "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    script = ("from airflow_on_k8s.autoscaler.signals.celery_inspect import airflow_celery_config\n"
+              "print(airflow_celery_config()['broker_transport_options']['visibility_timeout'])\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "7200"
+
+
+def test_a_change_to_the_charts_config_rolls_the_pods():
+    """The pod template carries a digest of the chart's `config`: stacks whose airflow.cfg differs get different
+    digests, so a config change rolls the autoscaler as it rolls the chart's own pods."""
+    digests: dict[str, str] = {}
+    for stack in TASK_AWARE_STACKS:
+        run = program_run(stack)
+        annotations = objects(run)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+        (release,) = [r for r in run.by_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "airflow"]
+        config = json.dumps(release.inputs["values"]["config"], sort_keys=True)
+        digest = annotations[component.CONFIG_CHECKSUM_ANNOTATION]
+        assert re.fullmatch(r"[0-9a-f]{64}", digest)
+        assert digests.setdefault(config, digest) == digest, "the same config, a different digest"
+    assert len(set(digests.values())) == len(digests) > 1, "different configs, the same digest"
 
 
 def test_a_change_to_the_source_rolls_the_pods(run):

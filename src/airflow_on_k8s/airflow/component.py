@@ -33,6 +33,8 @@ What this component adds to the chart's defaults, and why:
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,11 @@ from airflow_on_k8s.versions import AIRFLOW_CHART, AIRFLOW_IMAGE_REPOSITORY, AIR
 RELEASE = "airflow"
 EXECUTOR = "CeleryExecutor"
 AIRFLOW_HOME = "/opt/airflow"
+# The chart renders its `config` values into this ConfigMap's `airflow.cfg` and mounts it read-only at
+# <airflowHome>/airflow.cfg in its own pods (chart/templates/_helpers.yaml: "airflow_config",
+# "airflow_config_path", "airflow_config_mount"; templates/configmaps/configmap.yaml).
+AIRFLOW_CONFIG_CONFIGMAP = f"{RELEASE}-airflow-config"
+AIRFLOW_CONFIG_PATH = f"{AIRFLOW_HOME}/airflow.cfg"
 DAGS_DIR = Path(__file__).resolve().parent / "dags"
 
 # Service accounts, named here so RBAC and workload identity can refer to them before the chart exists.
@@ -552,6 +559,8 @@ class Airflow(pulumi.ComponentResource):
     """Python-only: the UI login's user name."""
     worker_deployment: str
     """Python-only: the Celery worker Deployment's name (the task-aware autoscaler scales it)."""
+    config_checksum: pulumi.Output[str]
+    """A digest of the chart's `config` values (the rendered airflow.cfg): pods that mount it roll when it changes."""
     release: k8s.helm.v3.Release
     """Python-only: the Helm release; depend on it to wait for Airflow."""
 
@@ -695,6 +704,9 @@ class Airflow(pulumi.ComponentResource):
         self.admin_user = ADMIN_USER
         self.admin_password = pulumi.Output.secret(admin_password)
         self.worker_deployment = WORKER_DEPLOYMENT
+        self.config_checksum = pulumi.Output.json_dumps(values["config"]).apply(
+            lambda text: hashlib.sha256(text.encode()).hexdigest()
+        )
         register_annotated_outputs(self)
 
     def _secret(self, name: str, data: dict[str, pulumi.Input[str]]) -> k8s.core.v1.Secret:

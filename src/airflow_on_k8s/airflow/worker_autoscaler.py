@@ -32,6 +32,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from airflow_on_k8s.airflow.component import (
+    AIRFLOW_CONFIG_CONFIGMAP,
+    AIRFLOW_CONFIG_PATH,
     EXECUTOR,
     RELEASE,
     WORKER_AUTOSCALER_POD_LABELS,
@@ -61,6 +63,7 @@ MAX_SOURCE_BYTES = 512 * 1024
 # The Airflow namespace's NetworkPolicies admit pods with these labels to Redis and the metadata database.
 POD_LABELS = WORKER_AUTOSCALER_POD_LABELS
 CHECKSUM_ANNOTATION = "checksum/worker-autoscaler-source"
+CONFIG_CHECKSUM_ANNOTATION = "checksum/airflow-config"
 # The Cluster Autoscaler keeps any node whose pods have an emptyDir it was not told it may discard
 # (cluster-autoscaler-1.34.1 FAQ.md "What types of pods can prevent CA from removing a node?";
 # utils/drain/drain.go HasBlockingLocalStorage): without this the two replicas pin two system nodes for good.
@@ -229,8 +232,11 @@ class WorkerAutoscaler(pulumi.ComponentResource):
                 # The leader's identity in the Lease (the --identity flag's fallback variable).
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "PYTHONPATH", "value": SOURCE_ROOT},
-                # The Celery control app is built from Airflow's own config, and Airflow writes a default
-                # airflow.cfg on first use: keep that off the read-only root filesystem.
+                # The Celery control app is built from Airflow's own config: the chart's airflow.cfg, mounted where
+                # the chart mounts it in its workers, so options set through the chart's `config` (broker
+                # transport options, the Celery config class) reach the autoscaler too. Anything else Airflow
+                # writes stays off the read-only root filesystem.
+                {"name": "AIRFLOW_CONFIG", "value": AIRFLOW_CONFIG_PATH},
                 {"name": "AIRFLOW_HOME", "value": "/tmp/airflow"},
                 # The source mount and the root filesystem are read-only: no __pycache__.
                 {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
@@ -252,6 +258,7 @@ class WorkerAutoscaler(pulumi.ComponentResource):
             "volumeMounts": [
                 {"name": "source", "mountPath": SOURCE_ROOT, "readOnly": True},
                 {"name": SCRATCH_VOLUME, "mountPath": "/tmp"},
+                {"name": "airflow-config", "mountPath": AIRFLOW_CONFIG_PATH, "subPath": "airflow.cfg", "readOnly": True},
             ],
         }
         task_pool = cluster.task_pool
@@ -300,6 +307,7 @@ class WorkerAutoscaler(pulumi.ComponentResource):
                     "configMap": {"name": SOURCE_CONFIGMAP, "items": source_volume_items(files), "defaultMode": 0o444},
                 },
                 {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
+                {"name": "airflow-config", "configMap": {"name": AIRFLOW_CONFIG_CONFIGMAP}},
             ],
         }
         deployment = k8s.apps.v1.Deployment(
@@ -313,6 +321,7 @@ class WorkerAutoscaler(pulumi.ComponentResource):
                         "labels": POD_LABELS,
                         "annotations": {
                             CHECKSUM_ANNOTATION: source_checksum(files),
+                            CONFIG_CHECKSUM_ANNOTATION: airflow.config_checksum,
                             # /tmp is scratch space: losing it with the pod is fine.
                             LOCAL_VOLUMES_ANNOTATION: SCRATCH_VOLUME,
                         },
