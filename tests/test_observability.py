@@ -194,7 +194,7 @@ def test_every_alert_has_a_runbook_section():
     assert set(alerts) == {
         "AirflowWorkerAutoscalerNoLeader", "AirflowWorkerAutoscalerErrors", "AirflowWorkerDrainsTimingOut",
         "AirflowWorkerConsumesNoQueue", "AirflowTasksQueuedTooLong", "AirflowTaskPoolAtMaximum",
-        "AirflowWorkersAtMaxWhileTasksWait",
+        "AirflowWorkersAtMaxWhileTasksWait", "AirflowWorkerScaleDownHeld", "AirflowWorkerForeignPods",
     }
     for name, rule in alerts.items():
         url = rule["annotations"]["runbook_url"]
@@ -419,6 +419,18 @@ def test_the_alerts_fire_on_the_series_they_watch_and_not_otherwise(promtool, tm
               f"airflow_worker_autoscaler_deaf_workers{{{ns},{pod_a}}}": "0x20",
               f"airflow_worker_autoscaler_deaf_workers{{{ns},{pod_b}}}": "2x20"},
              "AirflowWorkerConsumesNoQueue", "7m", []),
+        # Held in every loop (10 s) for 40 minutes pages; holds that stop after 20 minutes do not.
+        case({f'airflow_worker_autoscaler_held_scale_downs_total{{{ns},{pod_a},reason="rollout"}}': "0+6x45"},
+             "AirflowWorkerScaleDownHeld", "40m", [{"reason": "rollout"}]),
+        case({f'airflow_worker_autoscaler_held_scale_downs_total{{{ns},{pod_a},reason="rollout"}}': "0+6x20 120x25"},
+             "AirflowWorkerScaleDownHeld", "40m", []),
+        case({f"{leader}{{{ns},{pod_a}}}": "1x40", f"{leader}{{{ns},{pod_b}}}": "0x40",
+              f"airflow_worker_autoscaler_foreign_pods{{{ns},{pod_a}}}": "1x40",
+              f"airflow_worker_autoscaler_foreign_pods{{{ns},{pod_b}}}": "0x40"},
+             "AirflowWorkerForeignPods", "35m", [{}]),
+        case({f"{leader}{{{ns},{pod_a}}}": "1x40", f"{leader}{{{ns},{pod_b}}}": "0x40",
+              f"airflow_worker_autoscaler_foreign_pods{{{ns},{pod_a}}}": "1x10 0x30"},
+             "AirflowWorkerForeignPods", "35m", []),
         case({f"{leader}{{{ns},{pod_a}}}": "1x30",
               f'airflow_worker_autoscaler_queued_tasks{{{ns},{pod_a},queue="default"}}': "3x30"},
              "AirflowTasksQueuedTooLong", "20m", [{}]),

@@ -92,6 +92,18 @@ def alert_rules(a: RuleArgs) -> list[dict[str, Any]]:
               "5m", "warning", "A Celery worker consumes none of its queues",
               "The autoscaler found live workers that consume fewer of their queues than they should for 5 "
               "minutes (left cancelled by a crash, or dropped on a broker reconnect): they take no task.")
+        alert("AirflowWorkerScaleDownHeld",
+              f"sum by (reason) (rate({m('held_scale_downs_total')}[5m])) > 0",
+              "30m", "warning", "Worker scale-down held for 30 minutes ({{ $labels.reason }})",
+              "The autoscaler wanted fewer workers and held the scale-down in every 5 minutes of the last 30, "
+              "because removing a pod was not certain to be safe ({{ $labels.reason }}): idle workers keep "
+              "running until the cause goes.")
+        alert("AirflowWorkerForeignPods",
+              f"max({leader_only(m('foreign_pods'), ns)}) > 0",
+              "30m", "warning", "Pods match the worker labels but not the worker Deployment",
+              f"Pods in {ns} carry the Celery workers' labels without belonging to the worker Deployment's "
+              "ReplicaSets (KubernetesExecutor pods in a hybrid setup, copies made by hand). The autoscaler "
+              "ignores them; anything else selecting by those labels does not.")
     queued = queued_tasks(ns, a.task_aware)
     alert("AirflowTasksQueuedTooLong",
           f"min_over_time(({queued})[{a.queued_minutes}m:1m]) > 0",
