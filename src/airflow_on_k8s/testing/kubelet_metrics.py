@@ -33,10 +33,11 @@ Where the figures come from (a process tree stands in for the container's cgroup
 - The container is the pod's process that the node agent started (its ``runner``) and every process of its tree:
   its descendants by parent pid, and every process in its session (the agent starts it with ``setsid``), so
   children a task forks, and orphans re-parented to init, count.
-- CPU: ``utime + stime`` (``/proc/<pid>/stat``, clock ticks) of each live process plus ``cutime + cstime`` (the
-  children it reaped), plus the last-seen total of a process that vanished and was not reaped inside the tree.
-  The counter is kept monotonic (a cgroup's is; metrics-server rejects a decrease), and resets when the agent
-  restarts the container, with its new start time. Resolution: one clock tick (10 ms) per process.
+- CPU: ``utime + stime`` (``/proc/<pid>/stat``) of each live process (or, when larger, the nanosecond runtime of
+  its live threads, ``/proc/<pid>/task/*/schedstat``: ticks are 10 ms, and an idle process reading 0 would make
+  metrics-server drop its pod), plus ``cutime + cstime`` (the children it reaped), plus the last-seen total of a
+  process that vanished and was not reaped inside the tree. The counter is kept monotonic (a cgroup's is;
+  metrics-server rejects a decrease), and resets when the agent restarts the container, with its new start time.
 - Memory: the working set as the sum of each process's ``Pss`` (``/proc/<pid>/smaps_rollup``: resident memory,
   shared pages split between the processes sharing them, so forked Celery children are not counted twice),
   ``VmRSS`` where ``smaps_rollup`` cannot be read. A cgroup's working set also counts active page cache; this does
@@ -56,6 +57,7 @@ without credentials.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import http.server
 import logging
@@ -95,8 +97,8 @@ class ProcStat:
     ppid: int
     session: int
     start_ticks: int  # since boot: with pid, identifies the process (pids are reused)
-    own_ticks: int  # utime + stime
-    children_ticks: int  # cutime + cstime: the children it waited for
+    own_seconds: float  # its CPU: utime + stime (refined by ProcessTreeCPU, see threads_runtime)
+    children_seconds: float  # cutime + cstime: the children it waited for
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -110,7 +112,27 @@ def read_stat(pid: int) -> ProcStat | None:
     rest = data[data.rindex(b")") + 2:].split()
     # rest[0] is field 3 (state): field n is rest[n - 3].
     return ProcStat(pid=pid, ppid=int(rest[1]), session=int(rest[3]), start_ticks=int(rest[19]),
-                    own_ticks=int(rest[11]) + int(rest[12]), children_ticks=int(rest[13]) + int(rest[14]))
+                    own_seconds=(int(rest[11]) + int(rest[12])) / CLK_TCK,
+                    children_seconds=(int(rest[13]) + int(rest[14])) / CLK_TCK)
+
+
+def threads_runtime(pid: int) -> float:
+    """The scheduler's runtime of the process's live threads, in seconds (``/proc/<pid>/task/*/schedstat``, first
+    field, nanoseconds; 0 without CONFIG_SCHEDSTATS' file). utime + stime are clock ticks (10 ms): an idle
+    process that used 8 ms would read 0, and metrics-server drops a pod whose counter is 0; a cgroup counts
+    nanoseconds. It misses the threads that ended (utime + stime keep them): the larger of the two is used."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
 
 
 def all_stats() -> dict[int, ProcStat]:
@@ -165,13 +187,15 @@ class ProcessTreeCPU:
     def __init__(self, root: int) -> None:
         self.root = root
         self._seen: dict[tuple[int, int], ProcStat] = {}  # (pid, start) -> last stat
-        self._gone_ticks = 0
+        self._gone = 0.0
         self._reported = 0.0
         self.start_time: float | None = None  # unix seconds
 
     def sample(self, stats: dict[int, ProcStat]) -> tuple[float, list[ProcStat]]:
         """CPU seconds so far, and the live processes of the tree."""
-        tree = process_tree(self.root, stats)
+        # Only the tree's processes get the finer (and costlier) per-thread reading.
+        tree = [dataclasses.replace(s, own_seconds=max(s.own_seconds, threads_runtime(s.pid)))
+                for s in process_tree(self.root, stats)]
         live = {(s.pid, s.start_ticks): s for s in tree}
         live_pids = {s.pid for s in tree}
         for key, last in list(self._seen.items()):
@@ -179,14 +203,14 @@ class ProcessTreeCPU:
                 # Gone. Reaped by a live member of the tree: already in that member's cutime/cstime. Else (the
                 # container's init reaped it, or its parent died first) its last-seen time would be lost.
                 if last.ppid not in live_pids:
-                    self._gone_ticks += last.own_ticks + last.children_ticks
+                    self._gone += last.own_seconds + last.children_seconds
                 del self._seen[key]
         self._seen.update(live)
         root = stats.get(self.root)
         if root is not None and self.start_time is None:
             self.start_time = BOOT_TIME + root.start_ticks / CLK_TCK
-        ticks = self._gone_ticks + sum(s.own_ticks + s.children_ticks for s in tree)
-        self._reported = max(self._reported, ticks / CLK_TCK)
+        total = self._gone + sum(s.own_seconds + s.children_seconds for s in tree)
+        self._reported = max(self._reported, total)
         return self._reported, tree
 
 
