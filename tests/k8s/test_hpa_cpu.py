@@ -235,3 +235,48 @@ def test_real_hpa_scales_a_deployment_on_measured_cpu(cpu_plane):
     assert idle.utilization < 15 and idle.current_replicas == 1 and idle.desired_replicas == 1, idle
     assert idle.conditions["ScalingActive"][0] == "True", idle.conditions
     assert not [e for e in events if e.involved_object.name == "idle"]
+
+
+TREE = """
+import os, subprocess, sys, time
+{burn}
+# a child that burns 0.3 s and exits, waited for by this process: in its cutime
+subprocess.run([sys.executable, "-c", {burn!r} + "\\nburn_cpu(300, 1.0)"], check=True)
+# an orphan: the intermediate exits at once, the grandchild (re-parented to init, same session) burns 0.45 s, and
+# init reaps it: only the agent's last sight of it keeps its time
+if os.fork() == 0:
+    if os.fork() == 0:
+        burn_cpu(300, 1.5)
+        os._exit(0)
+    os._exit(0)
+os.wait()
+time.sleep(2)
+burn_cpu(300, 1.0)  # and 0.3 s of its own, after the orphan is gone
+time.sleep(0.5)
+"""
+
+
+def test_process_tree_cpu_counts_children_and_orphans():
+    """The endpoint's CPU counter for one container: a reaped child's CPU (cutime), an orphan's (its session, and
+    its last-seen time once init reaped it) and the main process's own all count, and it never decreases."""
+    import inspect
+    import subprocess
+
+    from airflow_on_k8s.testing.kubelet_metrics import ProcessTreeCPU, all_stats, burn_cpu
+
+    code = TREE.format(burn="import time\n" + inspect.getsource(burn_cpu))
+    process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    counter, seen, most = ProcessTreeCPU(process.pid), [], 0
+    while process.poll() is None:
+        cpu, tree = counter.sample(all_stats())
+        seen.append(cpu)
+        most = max(most, len(tree))
+        time.sleep(0.1)
+    print(f"process tree: {seen[-1]:.2f} CPU s in all (0.3 child + 0.45 orphan + 0.3 own + 3 Python startups), "
+          f"up to {most} processes at once")
+    assert seen == sorted(seen)
+    assert most >= 2
+    # 1.05 s burnt plus the startups (~0.03 s each), less what the orphan burnt after its last sight (< 0.03 s).
+    # (When init reaps the orphan's zombie only after the end, its time is in the tree anyway: which path
+    # counted it depends on init's timing.)
+    assert 1.0 <= seen[-1] <= 1.4, seen[-1]
