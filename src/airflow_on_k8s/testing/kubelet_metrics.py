@@ -42,8 +42,9 @@ Where the figures come from (a process tree stands in for the container's cgroup
   with its new start time.
 - Memory: the working set as the sum of each process's ``Pss`` (``/proc/<pid>/smaps_rollup``: resident memory,
   shared pages split between the processes sharing them, so forked Celery children are not counted twice),
-  ``VmRSS`` where ``smaps_rollup`` cannot be read. A cgroup's working set also counts active page cache; this does
-  not.
+  ``VmRSS`` where ``smaps_rollup`` cannot be read. Approximate: the split runs over every process on the host
+  mapping a page (other pods' Pythons share libpython), where a cgroup charges a page to the one that faulted it
+  in, and a cgroup's working set also counts active page cache. Only CPU drives the HPA here.
 - Start time: the start time of the container's main process (``/proc/<pid>/stat`` field 22 and ``btime``).
 - The metrics are the pod's first container's (``spec.containers[0]``: the one the node agent runs); other
   containers run nothing here and get no series (a 0 counter would make metrics-server drop the whole pod).
