@@ -325,25 +325,30 @@ def test_pods_with_the_worker_labels_that_the_deployment_does_not_own_are_never_
         workers.close()
 
 
-def test_no_scale_down_while_a_rollout_keeps_two_replicasets(control_plane, stack, tmp_path):
+@pytest.mark.parametrize("strategy, pods, hold", [
+    # The chart's strategy surges: live pods outnumber replicas, so the "removal pending" rule holds first.
+    ({"maxSurge": "100%", "maxUnavailable": "50%"}, 3, "removal pending"),
+    # Without a surge the counts match and only the rollout rule stands between the ReplicaSets and a busy pod.
+    ({"maxSurge": 0, "maxUnavailable": 1}, 2, "rollout in progress"),
+], ids=["chart-strategy", "no-surge"])
+def test_no_scale_down_while_a_rollout_keeps_two_replicasets(control_plane, stack, tmp_path, strategy, pods, hold):
     """Issue 11 case 3: during a rollout the Deployment controller scales ReplicaSets proportionally and
     pod-deletion-cost only ranks pods within one ReplicaSet (KEP-2255), so the autoscaler holds. The rollout is kept
-    open with minReadySeconds (the new pods never count as available) under the chart's strategy
-    (maxSurge 100%, maxUnavailable 50%)."""
+    open with minReadySeconds (the new pods never count as available)."""
     workers = RealWorkers(control_plane, stack, grace_s=30)
     try:
         workers.scale_to(2)
         workers.apps.patch_namespaced_deployment(WORKER_DEPLOYMENT, workers.namespace, {"spec": {
-            "minReadySeconds": 300, "template": {"metadata": {"annotations": {"rollout": "1"}}}}})
+            "minReadySeconds": 300, "strategy": {"rollingUpdate": strategy},
+            "template": {"metadata": {"annotations": {"rollout": "1"}}}}})
         hashes = lambda: {p.metadata.labels.get("pod-template-hash") for p in workers.live_pods()}  # noqa: E731
         # The Deployment controller itself takes the old ReplicaSet down to 1 (maxUnavailable): let that settle.
-        wait_for(lambda: len(hashes()) == 2 and len(workers.all_pods()) == len(workers.live_pods()) == 3, 120,
+        wait_for(lambda: len(hashes()) == 2 and len(workers.all_pods()) == len(workers.live_pods()) == pods, 120,
                  "pods of two ReplicaSets, none terminating")
         before = len(workers.agent.terminations)
-        one = controller(stack, workers, "rollout", tmp_path, "--drain-timeout-s", "30")
+        one = controller(stack, workers, f"rollout-{pods}", tmp_path, "--drain-timeout-s", "30")
         try:
-            wait_for(lambda: "hold: " in one.log() and ("rollout in progress" in one.log()
-                     or "removal pending" in one.log()), 120, "the autoscaler holding")
+            wait_for(lambda: f"hold: {hold}" in one.log(), 120, "the autoscaler holding")
             time.sleep(15)  # several more loops (2 s each): still nothing removed
             assert workers.replicas() == 2
             assert len(workers.agent.terminations) == before
