@@ -366,12 +366,15 @@ class ControlPlane:
     SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
     def __init__(self, work_dir: Path | None = None, start_timeout: float | None = None,
-                 extra_apiserver_args: list[str] | None = None) -> None:
+                 extra_apiserver_args: list[str] | None = None,
+                 extra_controller_manager_args: list[str] | None = None) -> None:
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="controlplane-"))
         self.log_dir = self.work_dir / "logs"
         self.start_timeout = start_timeout or float(os.environ.get("AIRFLOW_ON_K8S_CONTROLPLANE_START_TIMEOUT", 60))
         self.extra_apiserver_args = extra_apiserver_args or []
+        # e.g. ["--horizontal-pod-autoscaler-sync-period=3s"] for a benchmark that scales its clocks down
+        self.extra_controller_manager_args = extra_controller_manager_args or []
         self.processes: list[Process] = []
         self.version = pinned_version("kubernetes")
         self.etcd_port = self.apiserver_port = 0
@@ -476,7 +479,8 @@ class ControlPlane:
              f"--service-account-private-key-file={pki.sa_key}",
              f"--root-ca-file={pki.ca.cert}",
              f"--controllers={','.join(CONTROLLERS)}",
-             "--concurrent-replicaset-syncs=5", "--concurrent-deployment-syncs=5"],
+             "--concurrent-replicaset-syncs=5", "--concurrent-deployment-syncs=5",
+             *self.extra_controller_manager_args],
             self.log_dir / "kube-controller-manager.log",
             lambda: http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure_context()),
         )
