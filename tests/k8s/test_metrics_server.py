@@ -1,6 +1,6 @@
 """Real metrics-server on the real control plane: built from its Go module, serving v1beta1.metrics.k8s.io
-through the aggregator on 127.0.0.1 (the same ExternalName route as KEDA's adapter). Scraping a kubelet
-endpoint is the node agent's part and not tested here yet."""
+through the aggregator on 127.0.0.1 (the same ExternalName route as KEDA's adapter). Scraping the node agent's
+kubelet endpoint, and the HPA on it: test_hpa_cpu.py."""
 
 from __future__ import annotations
 

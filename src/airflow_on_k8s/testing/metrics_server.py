@@ -9,8 +9,10 @@ certificate for ``metrics-server.kube-system.svc``, the front-proxy flags on the
 
 What it scrapes: each Node's kubelet resource-metrics endpoint (``/metrics/resource``) at the Node's
 ``InternalIP`` and, with ``--kubelet-use-node-status-port`` (as upstream's manifest), the port in the Node's
-``status.daemonEndpoints.kubeletEndpoint``. Nothing here serves that endpoint yet: that is the node agent's part
-(issue 12, item 2). Until then the API is registered and Available, and lists no metrics.
+``status.daemonEndpoints.kubeletEndpoint``. :class:`airflow_on_k8s.testing.kubelet_metrics.MetricsNodeAgent`
+serves that endpoint with the real CPU and memory of each pod's processes (its docstring says how); with a plain
+NodeAgent (or kwok) the API is registered and Available, and lists no metrics.
+:mod:`airflow_on_k8s.testing.hpa` starts both together for the HPA on CPU.
 """
 
 from __future__ import annotations
@@ -60,8 +62,12 @@ class MetricsServer:
 
 @contextlib.contextmanager
 def start_metrics_server(control_plane: ControlPlane, metric_resolution: str = "15s",
-                         timeout: float = 90) -> Iterator[MetricsServer]:
-    """Install metrics-server's RBAC, start it, register ``v1beta1.metrics.k8s.io`` and wait until Available."""
+                         timeout: float = 90, extra_args: tuple[str, ...] = ()) -> Iterator[MetricsServer]:
+    """Install metrics-server's RBAC, start it, register ``v1beta1.metrics.k8s.io`` and wait until Available.
+
+    ``metric_resolution``: how often it scrapes every node (upstream's manifest: 15s; at least 10s, and more than
+    ``--kubelet-request-timeout``/0.9, default 10s: pass ``extra_args=("--kubelet-request-timeout=5s",)`` with 10s).
+    """
     began = time.monotonic()
     exe = binary("metrics-server", "metrics-server")
     api = control_plane.api_client()
@@ -83,7 +89,7 @@ def start_metrics_server(control_plane: ControlPlane, metric_resolution: str = "
          f"--authorization-kubeconfig={kubeconfig}",
          # upstream's manifest, except TLS to the kubelet: the node agent's endpoint has a self-signed certificate.
          "--kubelet-preferred-address-types=InternalIP", "--kubelet-use-node-status-port",
-         "--kubelet-insecure-tls", f"--metric-resolution={metric_resolution}"],
+         "--kubelet-insecure-tls", f"--metric-resolution={metric_resolution}", *extra_args],
         control_plane.log_dir / "metrics-server.log",
         # /readyz waits for a first successful scrape; /livez says the server is up.
         lambda: http_ok(f"https://127.0.0.1:{port}/livez", insecure_context()),
