@@ -17,8 +17,10 @@ Modes (each an AutoscalerMode: setup(plane, namespace, deployment, ctx) / teardo
   KEDA; the real HPA controller in kube-controller-manager acts on it; the ReplicaSet controller picks the pods.
 * `task-aware`: `python -m airflow_on_k8s.autoscaler --actuator kubernetes` with the program's flags
   (config.ScalingConfig.autoscaler_args) and a token of the program's ServiceAccount bound by its Role.
-* `hpa`: the real HPA on CPU through metrics-server; plugs in when the node agent serves the kubelet's
-  /metrics/resource (see HpaMode).
+* `hpa`: the HPA `scaling.mode: hpa` deploys (CPU Utilization 70 %), acted on by the real HPA controller on the
+  CPU real metrics-server (from sigs.k8s.io/metrics-server) scrapes from the node agent's kubelet /metrics/resource
+  (airflow_on_k8s.testing.kubelet_metrics: the real CPU of each worker pod's processes). The tasks burn CPU in
+  every mode (the seed's figures divided by 5, see TASK_MILLICORES).
 
 Every clock is scaled down (TIMES) so a run takes minutes; the rules themselves are unchanged.
 """
@@ -50,14 +52,17 @@ TIMES: dict[str, float] = {
     "KEDA pollingInterval (5)": 2,
     "KEDA cooldownPeriod (120; only acts on scale to zero, min is 1 here)": 30,
     "HPA scale-down stabilization, hpa mode (300)": 75,
+    "metrics-server --metric-resolution (15; 10 is its minimum)": 10,
 }
 GRACE_S = int(TIMES["terminationGracePeriodSeconds (600)"])
 SYNC_S = int(TIMES["controller poll / HPA sync (10 / 15)"])
 DOWN_WINDOW_S = int(TIMES["scale-down stabilization (120, both modes)"])
 DOWN_PERIOD_S = int(TIMES["scale-down rate: 1 worker per (60, both modes)"])
-# CPU, scaled to fit two cores (the seed: 200m per task, 500m worker requests; here a quarter of each).
-TASK_CPU = 0.05
-WORKER_CPU_REQUEST = "125m"
+# CPU, scaled to fit two cores: the seed's 500m worker requests and ~400m per running task, both divided by 5
+# (airflow_on_k8s.testing.hpa.SEED_SCALED: 100m and 80m, the utilization the HPA computes unchanged).
+SEED_CPU_SCALE = 0.2
+TASK_MILLICORES = 80
+WORKER_CPU_REQUEST = "100m"
 TAIL_CAP_S = 180  # sampling stops this long after the last task at the latest (worker pod-seconds stop there)
 MODES = ("hpa", "keda", "task-aware")
 
@@ -78,7 +83,7 @@ class RealScenario:
 
     def dag_source(self, dag_id: str) -> str:
         lines = "\n".join(
-            f'    work.override(task_id="{tid}", priority_weight={prio})({secs}, {TASK_CPU})'
+            f'    work.override(task_id="{tid}", priority_weight={prio})({secs}, {TASK_MILLICORES})'
             for tid, secs, prio in self.tasks
         )
         return f'''
@@ -87,14 +92,11 @@ from airflow.sdk import DAG, task
 
 with DAG("{dag_id}", schedule=None, default_args={{"retries": 2, "retry_delay": {TIMES["retry_delay (300)"]}}}):
     @task
-    def work(seconds, cpu):
-        # Wall-clock duration; burns `cpu` of a core (duty cycle over 100 ms), like the seed's CPU-bound tasks.
-        end = time.monotonic() + seconds
-        while (now := time.monotonic()) < end:
-            busy_until = now + 0.1 * cpu
-            while time.monotonic() < busy_until:
-                pass
-            time.sleep(max(0.0, min(0.1 * (1 - cpu), end - time.monotonic())))
+    def work(seconds, millicores):
+        # Wall-clock duration, burning `millicores` of CPU time like the seed's CPU-bound tasks (the HPA sees it).
+        from airflow_on_k8s.testing.kubelet_metrics import burn_cpu
+
+        burn_cpu(millicores, seconds)
 
 {lines}
 '''
@@ -112,7 +114,7 @@ def seed_000(quick: bool = False) -> RealScenario:
     return RealScenario(
         "seed-000", f"the seed's experiment: 8 tasks x {secs} s at once, concurrency 2, 1-10 workers",
         tuple((f"t{i}", secs, 1) for i in range(8)), 1, 10, 600, "seed-000",
-        f"task duration 300 s -> {secs} s; CPU per task 200m -> {int(TASK_CPU * 1000)}m, worker requests 500m -> "
+        f"task duration 300 s -> {secs} s; CPU per task ~400m -> {TASK_MILLICORES}m, worker requests 500m -> "
         f"{WORKER_CPU_REQUEST}",
     )
 
@@ -160,6 +162,11 @@ class AutoscalerMode(Protocol):
         """Why this machine cannot run the mode (checked before a run starts), or None."""
         ...
 
+    @staticmethod
+    def agent_factory():
+        """The node agent class its worker pods need (NodeAgent, or one that serves kubelet metrics)."""
+        ...
+
     def setup(self, plane, namespace: str, deployment: str, ctx: ModeContext) -> None: ...
 
     def teardown(self) -> None: ...
@@ -189,6 +196,12 @@ class KedaMode:
     @staticmethod
     def unavailable() -> str | None:
         return None
+
+    @staticmethod
+    def agent_factory():
+        from airflow_on_k8s.testing.node_agent import NodeAgent
+
+        return NodeAgent
 
     def __init__(self):
         self._custom = None
@@ -243,6 +256,12 @@ class TaskAwareMode:
     @staticmethod
     def unavailable() -> str | None:
         return None
+
+    @staticmethod
+    def agent_factory():
+        from airflow_on_k8s.testing.node_agent import NodeAgent
+
+        return NodeAgent
 
     def __init__(self):
         self.proc: subprocess.Popen | None = None
@@ -309,30 +328,78 @@ class TaskAwareMode:
 
 
 class HpaMode:
-    """The program's `scaling.mode: hpa` HPA (CPU Utilization 70 %, scale-down window 300 s scaled) through
-    metrics-server, which needs a kubelet /metrics/resource endpoint with each pod's real CPU. That endpoint and
-    its helpers are being added to the node agent on another branch (kubelet-metrics-hpa); until they are here
-    this mode reports itself unavailable rather than run something else under its name."""
+    """The HPA `scaling.mode: hpa` deploys (airflow.component.scaling_values: CPU Utilization 70 %, scale-down
+    stabilization 300 s, scaled), rendered as the chart's worker HPA template does, acted on by the real HPA
+    controller on CPU that real metrics-server scrapes from the node agent's kubelet /metrics/resource endpoint
+    (airflow_on_k8s.testing.kubelet_metrics.MetricsNodeAgent: the real CPU of each worker pod's processes)."""
 
     name = "hpa"
+
+    def __init__(self):
+        self.hpa: dict | None = None
+        self._api = None
+        self._namespace = None
 
     @staticmethod
     def unavailable() -> str | None:
         try:
-            from airflow_on_k8s.testing import kubelet_metrics  # noqa: F401  (the other branch's module)
+            from airflow_on_k8s.testing import kubelet_metrics  # noqa: F401
         except ImportError:
-            return ("the node agent serves no kubelet /metrics/resource yet (branch kubelet-metrics-hpa), so "
-                    "metrics-server has no pod CPU to report")
-        return "kubelet metrics present but the hpa mode is not wired to them yet"
+            return ("the node agent serves no kubelet /metrics/resource here (airflow_on_k8s.testing.kubelet_metrics)"
+                    ", so metrics-server has no pod CPU to report")
+        return None
+
+    @staticmethod
+    def agent_factory():
+        from airflow_on_k8s.testing.kubelet_metrics import MetricsNodeAgent
+
+        return MetricsNodeAgent
 
     def setup(self, plane, namespace, deployment, ctx):
-        raise ModeUnavailable(self.unavailable() or "not implemented")
+        from kubernetes import client
+
+        from airflow_on_k8s.airflow.component import scaling_values
+
+        values = copy.deepcopy(scaling_values(SimpleNamespace(
+            scaling_mode="hpa", min_workers=ctx.scenario.min_workers, max_workers=ctx.scenario.max_workers))["hpa"])
+        values["behavior"]["scaleDown"]["stabilizationWindowSeconds"] = int(
+            TIMES["HPA scale-down stabilization, hpa mode (300)"])
+        self.hpa = {
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": deployment, "namespace": namespace},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+                "minReplicas": values["minReplicaCount"], "maxReplicas": values["maxReplicaCount"],
+                "metrics": values["metrics"], "behavior": values["behavior"],
+            },
+        }  # fmt: skip
+        self._api, self._namespace = client.AutoscalingV2Api(ctx.pool.api), namespace
+        self._api.create_namespaced_horizontal_pod_autoscaler(namespace, self.hpa)
 
     def teardown(self):
-        pass
+        if self._api is not None:
+            try:
+                self._api.delete_namespaced_horizontal_pod_autoscaler(self.hpa["metadata"]["name"], self._namespace)
+            except Exception:  # noqa: BLE001 - the namespace goes next anyway
+                pass
 
     def settings(self):
-        return {}
+        return {
+            "hpa": self.hpa,
+            "sources": {
+                "minReplicas, maxReplicas, metrics (cpu Utilization 70), behavior": "the program: airflow_on_k8s."
+                    "airflow.component.scaling_values (scaling.mode: hpa), rendered as the chart's worker HPA; "
+                    "scale-down window scaled as in `times`",
+                "CPU": f"worker requests {WORKER_CPU_REQUEST}, each task burns {TASK_MILLICORES}m "
+                       "(testing.kubelet_metrics.burn_cpu): the seed's 500m / ~400m divided by 5 (testing.hpa."
+                       "SEED_SCALED)",
+                "metrics": "metrics-server from its Go module scraping the node agent's /metrics/resource every "
+                           f"{int(TIMES['metrics-server --metric-resolution (15; 10 is its minimum)'])} s",
+                "HPA controller": f"kube-controller-manager, --horizontal-pod-autoscaler-sync-period={SYNC_S}s; CPU "
+                                  "initialization period (5 min), initial readiness delay (30 s) and tolerance (0.1) "
+                                  "at their defaults",
+            },
+        }
 
 
 MODE_CLASSES = {"hpa": HpaMode, "keda": KedaMode, "task-aware": TaskAwareMode}
@@ -413,7 +480,7 @@ def run_one(plane, pg, redis, redis_db: int, scenario: RealScenario, mode_name: 
             nodes={f"{namespace}-node-{i}": dict(AGENT_NODE_LABELS) for i in (1, 2)},
             # The chart's worker env var KEDA's trigger names (connectionFromEnv), read from the pod template.
             deployment_env=[{"name": "AIRFLOW_CONN_AIRFLOW_DB", "value": pg.url(key, driver="postgresql")}],
-            resources={"requests": {"cpu": WORKER_CPU_REQUEST}},
+            resources={"requests": {"cpu": WORKER_CPU_REQUEST}}, agent_factory=mode.agent_factory(),
         )
         # Every mode starts from its minimum of idle, consuming workers; the time to the first Celery reply is the
         # pod start (pod created -> scheduled -> worker process -> Celery consuming) the limit adds.
@@ -525,8 +592,8 @@ def write_results(runs: list[RealK8sRun], scen: dict[str, RealScenario], out: Pa
         "machine": meta["machine"],
         "control_plane": meta["control_plane"],
         "times_scaled": TIMES,
-        "cpu": {"task_cpu_cores": TASK_CPU, "worker_cpu_request": WORKER_CPU_REQUEST,
-                "note": "the seed's 200m per task and 500m worker requests, a quarter of each to fit two cores"},
+        "cpu": {"task_millicores": TASK_MILLICORES, "worker_cpu_request": WORKER_CPU_REQUEST,
+                "note": "the seed's ~400m per task and 500m worker requests, divided by 5 to fit two cores"},
         "scenarios": {n: {**asdict(s), "limit": lim[n]} for n, s in scen.items()},
         "runs": [{**asdict(r), **ratios(r, lim[r.scenario])} for r in runs],
     }
@@ -569,8 +636,9 @@ def write_results(runs: list[RealK8sRun], scen: dict[str, RealScenario], out: Pa
         f"worker processes alive, integrated from the trigger until the pool is back at its minimum (at most "
         f"{TAIL_CAP_S} s after the last task). Queue wait: queued -> started, per attempt.",
         "",
-        f"CPU: each task burns {int(TASK_CPU * 1000)}m (duty cycle) and workers request {WORKER_CPU_REQUEST}: the "
-        "seed's 200m and 500m scaled down together to fit two cores.",
+        f"CPU: each task burns {TASK_MILLICORES}m (CPU time, testing.kubelet_metrics.burn_cpu) and workers request "
+        f"{WORKER_CPU_REQUEST}: the seed's ~400m and 500m divided by 5 together to fit two cores (the utilization "
+        "the HPA computes is unchanged).",
         "",
         "Durations scaled down for these runs (deployed value -> here, seconds):",
         "",
@@ -658,12 +726,21 @@ def main(out: Path, *, quick: bool = False, only_scenarios: list[str] | None = N
         front_proxy = FrontProxy(work / "front-proxy")
         plane = ControlPlane(extra_apiserver_args=front_proxy.apiserver_args(),
                              extra_controller_manager_args=[f"--horizontal-pod-autoscaler-sync-period={SYNC_S}s"])
+        # (metrics-server and KEDA's adapter are aggregated APIs: the front-proxy flags serve both)
         print("starting the control plane and migrating the Airflow schema...", file=sys.stderr)
         plane.start()
         try:
             migrate_airflow_db(pg.url("airflow"), work / "migrate-home")
             keda_ctx = start_keda(plane) if "keda" in modes else None
             keda = keda_ctx.__enter__() if keda_ctx else None
+            metrics_ctx = None
+            if "hpa" in modes and not HpaMode.unavailable():
+                from airflow_on_k8s.testing.metrics_server import start_metrics_server
+
+                resolution = int(TIMES["metrics-server --metric-resolution (15; 10 is its minimum)"])
+                metrics_ctx = start_metrics_server(plane, metric_resolution=f"{resolution}s",
+                                                   extra_args=("--kubelet-request-timeout=5s",))
+                metrics_ctx.__enter__()
             try:
                 redis_db = 0
                 for scenario in scen.values():
@@ -676,6 +753,8 @@ def main(out: Path, *, quick: bool = False, only_scenarios: list[str] | None = N
                               file=sys.stderr)
                         runs.append(run)
             finally:
+                if metrics_ctx:
+                    metrics_ctx.__exit__(None, None, None)
                 if keda_ctx:
                     keda_ctx.__exit__(None, None, None)
             meta = {
