@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.real_k8s:
         from bench import real_k8s
 
-        scenarios = args.scenario or (["seed-000"] if args.quick else None)
-        return real_k8s.main(args.out, quick=args.quick, only_scenarios=scenarios, only_modes=args.mode)
+        return real_k8s.main(args.out, quick=args.quick, only_scenarios=args.scenario, only_modes=args.mode)
     if args.real:
         from bench import real
 
