@@ -152,7 +152,8 @@ def _check_top(plane, api, metrics, ns, pods):
     local = {u.pod: u for u in metrics.agent.sample()}
     nodes = get_json(plane, "/apis/metrics.k8s.io/v1beta1/nodes")["items"]
     for name, metric in usage.items():
-        print(f"pod {name}: {metric.millicores:.0f}m over {metric.window_s:.1f} s, {metric.memory_bytes / 2**20:.1f} MiB"
+        print(f"pod {name}: {metric.millicores:.0f}m over {metric.window_s:.1f} s, "
+              f"{metric.memory_bytes / 2**20:.1f} MiB"
               f" ({local[name].processes} processes, {local[name].cpu_seconds:.2f} CPU s so far)")
     for node in nodes:
         print(f"node {node['metadata']['name']}: {node['usage']['cpu']}, {node['usage']['memory']}")
@@ -235,3 +236,60 @@ def test_real_hpa_scales_a_deployment_on_measured_cpu(cpu_plane):
     assert idle.utilization < 15 and idle.current_replicas == 1 and idle.desired_replicas == 1, idle
     assert idle.conditions["ScalingActive"][0] == "True", idle.conditions
     assert not [e for e in events if e.involved_object.name == "idle"]
+
+
+BURNER = """
+import sys, time
+{burn_cpu}
+def burn(millicores, seconds):  # and write down the CPU it really used (the machine is shared)
+    used = burn_cpu(millicores, seconds)
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{{used}}\\n")
+"""
+TREE = """
+import os, subprocess, sys, time
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+from burner import burn
+# a child that burns 0.3 s and exits, waited for by this process: in its cutime
+subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from burner import burn; "
+                "burn(300, 1.0)", sys.argv[1], os.path.dirname(sys.argv[1])], check=True)
+# an orphan: the intermediate exits at once, the grandchild (re-parented to init, same session) burns 0.45 s, and
+# init reaps it: only the agent's last sight of it keeps its time
+if os.fork() == 0:
+    if os.fork() == 0:
+        burn(300, 1.5)
+        os._exit(0)
+    os._exit(0)
+os.wait()
+time.sleep(2)
+burn(300, 1.0)  # and 0.3 s of its own, after the orphan is gone
+time.sleep(0.5)
+"""
+
+
+def test_process_tree_cpu_counts_children_and_orphans(tmp_path):
+    """The endpoint's CPU counter for one container: a reaped child's CPU (cutime), an orphan's (its session, and
+    its last-seen time once init reaped it) and the main process's own all count, and it never decreases."""
+    import inspect
+    import subprocess
+
+    from airflow_on_k8s.testing.kubelet_metrics import ProcessTreeCPU, all_stats, burn_cpu
+
+    (tmp_path / "burner.py").write_text(BURNER.format(burn_cpu=inspect.getsource(burn_cpu)))
+    burnt = tmp_path / "burnt"
+    process = subprocess.Popen([sys.executable, "-c", TREE, str(burnt)], start_new_session=True)
+    counter, seen, most = ProcessTreeCPU(process.pid), [], 0
+    while process.poll() is None:
+        cpu, tree = counter.sample(all_stats())
+        seen.append(cpu)
+        most = max(most, len(tree))
+        time.sleep(0.1)
+    assert process.returncode == 0
+    used = [float(line) for line in burnt.read_text().split()]
+    print(f"process tree: {seen[-1]:.2f} CPU s counted; the three burners used {sum(used):.2f} s "
+          f"({', '.join(f'{u:.2f}' for u in used)}), plus Python startups; up to {most} processes at once")
+    assert len(used) == 3 and seen == sorted(seen) and most >= 2
+    # All of the burners' time, and the startups (~0.03 s each), less what the orphan burnt after its last
+    # sight (< 0.1 s x 300m). (When init reaps the orphan's zombie only after the end, its time is in the tree
+    # anyway: which path counted it depends on init's timing.)
+    assert sum(used) <= seen[-1] <= sum(used) + 0.3, (seen[-1], used)

@@ -27,7 +27,12 @@ replica counts), the target stays 60 %, min 1, max 10 (10 workers busy: 0.8 core
 
 The HPA controller runs with kube-controller-manager's defaults, as on EKS: ``--horizontal-pod-autoscaler-sync-
 period=15s``, tolerance 0.1, CPU initialization period 5 min, initial readiness delay 30 s, downscale
-stabilization 5 min; metrics-server with upstream's ``--metric-resolution=15s``. Nothing is scaled down in time.
+stabilization 5 min; metrics-server with upstream's ``--metric-resolution=15s``. No timing is scaled down
+(``ControlPlane(extra_controller_manager_args=[...])`` can; metrics-server refuses a resolution under 10 s).
+
+Measured here (tests/k8s/test_hpa_cpu.py, 2 cores): a pod's first metrics 15-30 s after it starts (two scrapes);
+the HPA on a Deployment of 80m-burning pods went 1 -> 2 about 30 s after it was created and 2 -> 3 at about 60 s
+(each step waits for the new pod's own metrics: until then it counts as 0 % when scaling up), reporting 80-81 %.
 """
 
 from __future__ import annotations

@@ -36,12 +36,15 @@ Where the figures come from (a process tree stands in for the container's cgroup
 - CPU: ``utime + stime`` (``/proc/<pid>/stat``) of each live process (or, when larger, the nanosecond runtime of
   its live threads, ``/proc/<pid>/task/*/schedstat``: ticks are 10 ms, and an idle process reading 0 would make
   metrics-server drop its pod), plus ``cutime + cstime`` (the children it reaped), plus the last-seen total of a
-  process that vanished and was not reaped inside the tree. The counter is kept monotonic (a cgroup's is;
-  metrics-server rejects a decrease), and resets when the agent restarts the container, with its new start time.
+  process that vanished and was not reaped inside the tree (the trees are read at every scrape and every
+  ``sample_interval_s``, 2 s: an orphan that lives and dies between two readings is missed). The counter is kept
+  monotonic (a cgroup's is; metrics-server rejects a decrease), and resets when the agent restarts the container,
+  with its new start time.
 - Memory: the working set as the sum of each process's ``Pss`` (``/proc/<pid>/smaps_rollup``: resident memory,
   shared pages split between the processes sharing them, so forked Celery children are not counted twice),
-  ``VmRSS`` where ``smaps_rollup`` cannot be read. A cgroup's working set also counts active page cache; this does
-  not.
+  ``VmRSS`` where ``smaps_rollup`` cannot be read. Approximate: the split runs over every process on the host
+  mapping a page (other pods' Pythons share libpython), where a cgroup charges a page to the one that faulted it
+  in, and a cgroup's working set also counts active page cache. Only CPU drives the HPA here.
 - Start time: the start time of the container's main process (``/proc/<pid>/stat`` field 22 and ``btime``).
 - The metrics are the pod's first container's (``spec.containers[0]``: the one the node agent runs); other
   containers run nothing here and get no series (a 0 counter would make metrics-server drop the whole pod).
@@ -213,6 +216,11 @@ class ProcessTreeCPU:
         self._reported = max(self._reported, total)
         return self._reported, tree
 
+    @property
+    def seconds(self) -> float:
+        """The counter as last sampled."""
+        return self._reported
+
 
 # --------------------------------------------------------------------------------------------- exposition
 
@@ -233,7 +241,8 @@ class PodUsage:
 
 _FAMILIES = [
     # name, type, help (the kubelet's, resource_metrics.go), stability prefix as component-base prints it
-    ("container_cpu_usage_seconds_total", "counter", "[STABLE] Cumulative cpu time consumed by the container in core-seconds"),
+    ("container_cpu_usage_seconds_total", "counter",
+     "[STABLE] Cumulative cpu time consumed by the container in core-seconds"),
     ("container_memory_working_set_bytes", "gauge", "[STABLE] Current working set of the container in bytes"),
     ("container_start_time_seconds", "gauge", "[STABLE] Start time of the container since unix epoch in seconds"),
     ("node_cpu_usage_seconds_total", "counter", "[STABLE] Cumulative cpu time consumed by the node in core-seconds"),
@@ -346,11 +355,13 @@ class _Tracked:
 
 class MetricsNodeAgent(NodeAgent):
     """A :class:`~airflow_on_k8s.testing.node_agent.NodeAgent` that also serves each node's ``/metrics/resource``
-    (module docstring). Same arguments; ``kubelet_ports`` maps each node to its endpoint's port, ``scrapes``
-    counts the scrapes each node answered."""
+    (module docstring). Same arguments, and ``sample_interval_s``: how often the process trees are read between
+    scrapes too (so a child that is orphaned and dies between two scrapes still counts). ``kubelet_ports`` maps
+    each node to its endpoint's port, ``scrapes`` counts the scrapes each node answered."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, sample_interval_s: float = 2.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.sample_interval_s = sample_interval_s
         self.kubelet_ports: dict[str, int] = {}
         self.scrapes: dict[str, int] = {}
         self._servers: list[_NodeServer] = []
@@ -373,7 +384,15 @@ class MetricsNodeAgent(NodeAgent):
             threading.Thread(target=server.serve_forever, name=f"kubelet-metrics-{node}", daemon=True).start()
             self._servers.append(server)
         super().start()
+        threading.Thread(target=self._sample_loop, name="kubelet-metrics-sampler", daemon=True).start()
         return self
+
+    def _sample_loop(self) -> None:
+        while not self._stop.wait(self.sample_interval_s):
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - a scrape reads again; the next sample too
+                log.exception("sampling the pods' processes failed")
 
     def stop(self, grace_s: float = 10, delete_nodes: bool = True) -> None:
         for server in self._servers:
@@ -430,14 +449,14 @@ class MetricsNodeAgent(NodeAgent):
                                    len(tree), now))
         for key in set(self._tracked) - live_keys:
             gone = self._tracked.pop(key)
-            self._node_gone_cpu[gone.node] = self._node_gone_cpu.get(gone.node, 0.0) + gone.cpu._reported
+            self._node_gone_cpu[gone.node] = self._node_gone_cpu.get(gone.node, 0.0) + gone.cpu.seconds
         return usages, now
 
     def render_node(self, node: str) -> str:
         with self._lock:
             pods, now = self._sample(node)
             node_cpu = self._node_gone_cpu.get(node, 0.0) + sum(
-                t.cpu._reported for t in self._tracked.values() if t.node == node)
+                t.cpu.seconds for t in self._tracked.values() if t.node == node)
         return render(pods, node_cpu, sum(p.memory_bytes for p in pods), now)
 
 
