@@ -646,8 +646,8 @@ def write_results(runs: list[RealK8sRun], scen: dict[str, RealScenario], out: Pa
         "",
         *[f"- {k} -> {v}" for k, v in TIMES.items()],
         "",
-        "Where the KEDA ScaledObject's fields and the task-aware flags come from: `settings` of each run in "
-        "real-k8s.json.",
+        "Where the HPA's and the KEDA ScaledObject's fields and the task-aware flags come from: `settings` of each run "
+        f"in {stem}.json.",
         "",
         f"![replicas and tasks over time]({stem}.png)",
     ]
