@@ -1,6 +1,8 @@
-"""Run the scaling benchmark: `python -m bench.scaling` (simulated, ~20 s) or `--real` (local processes).
+"""Run the scaling benchmark: `python -m bench.scaling` (simulated, ~20 s), `--real` (local processes) or
+`--real-k8s` (real control plane, real KEDA and HPA controllers, real Celery workers; bench/real_k8s.py).
 
-Writes bench/results/summary.json, table.md and one <scenario>.png per scenario.
+Writes bench/results/summary.json, table.md and one <scenario>.png per scenario (simulated), real.* (`--real`)
+or real-k8s.* (`--real-k8s`).
 """
 
 from __future__ import annotations
@@ -106,7 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", action="store_true", help="run the small real comparison on local processes")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: bench/results)")
     parser.add_argument("--scenario", action="append", help="run only this scenario (repeatable)")
+    parser.add_argument("--real-k8s", action="store_true",
+                        help="run seed-000 and long-and-short for hpa, keda and task-aware on a real control plane")
+    parser.add_argument("--mode", action="append", choices=("hpa", "keda", "task-aware"),
+                        help="--real-k8s: run only this mode (repeatable)")
+    parser.add_argument("--quick", action="store_true",
+                        help="--real-k8s: a smoke run, seed-000 only with 30 s tasks (unless --scenario says otherwise)")
     args = parser.parse_args(argv)
+    if args.real_k8s:
+        from bench import real_k8s
+
+        return real_k8s.main(args.out, quick=args.quick, only_scenarios=args.scenario, only_modes=args.mode)
     if args.real:
         from bench import real
 

@@ -13,27 +13,22 @@ Figures are printed; run with -s to see them.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import time
 from pathlib import Path
 
 import pytest
-from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from airflow_on_k8s.airflow.component import WORKER_POD_LABELS, worker_grace_seconds
 from airflow_on_k8s.airflow.worker_autoscaler import LEASE, worker_label_selector
 from airflow_on_k8s.autoscaler.actuators.local_processes import airflow_worker_command
-from airflow_on_k8s.testing.node_agent import NodeAgent, ProcessSpec
+from airflow_on_k8s.testing.worker_pool import WORKER_DEPLOYMENT, WorkerPool
 from tests.autoscaler.airflow_stack import BURST, CONCURRENCY, ControllerProcess, all_state, burst_dag, report
 from tests.autoscaler.helpers import wait_for
-from tests.conftest import program_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.k8s]
 
-WORKER_DEPLOYMENT = "airflow-worker"
 # A Celery queue of these tests' own: the session's Airflow is shared with other tests, whose leftover tasks on
 # `default` must not count here.
 QUEUE = "k8s"
@@ -46,132 +41,19 @@ def k8s_dag(dag_id: str, seconds: int, tasks: int = BURST) -> str:
     old = 'default_args={"retries": 2, "retry_delay": 1}'
     assert old in text
     return text.replace(old, f'default_args={{"retries": 2, "retry_delay": 1, "queue": "{QUEUE}"}}')
-AGENT_NODES = {f"worker-node-{i}": {"airflow-on-k8s/test-node": "agent"} for i in (1, 2)}
+
+
 _namespaces = itertools.count(1)
 
 
-def _program_objects(stack: str = "local") -> dict[str, dict]:
-    """The worker autoscaler's ServiceAccount, Role and RoleBinding as the program writes them."""
-    from tests.test_k8s_schema import manifest
-
-    found = {}
-    for r in program_run(stack).resources:
-        if r.parent == "airflow-on-k8s:scaling:WorkerAutoscaler::worker-autoscaler":
-            body = manifest(r.inputs)
-            if body["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
-                found[body["kind"]] = body
-    assert set(found) == {"ServiceAccount", "Role", "RoleBinding"}, found.keys()
-    return found
-
-
-def worker_deployment(namespace: str, grace_s: int) -> dict:
-    """The chart's Celery worker Deployment as far as the autoscaler and the controllers see it: its name, the
-    chart's worker pod labels, the grace period the program sets, and the chart's rolling-update strategy."""
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": WORKER_DEPLOYMENT, "namespace": namespace, "labels": dict(WORKER_POD_LABELS)},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": dict(WORKER_POD_LABELS)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "100%", "maxUnavailable": "50%"}},
-            "template": {
-                "metadata": {"labels": dict(WORKER_POD_LABELS)},
-                "spec": {
-                    "terminationGracePeriodSeconds": grace_s,
-                    "automountServiceAccountToken": False,
-                    "nodeSelector": {"airflow-on-k8s/test-node": "agent"},
-                    "containers": [{"name": "worker", "image": "apache/airflow:test"}],
-                },
-            },
-        },
-    }  # fmt: skip
-
-
-class RealWorkers:
-    """A namespace with the program's RBAC, a worker Deployment and a node agent running its pods."""
+class RealWorkers(WorkerPool):
+    """A namespace with the program's RBAC, a worker Deployment and a node agent running its pods
+    (airflow_on_k8s.testing.worker_pool), its Celery workers consuming this module's queue on the session's Airflow."""
 
     def __init__(self, control_plane, stack, grace_s: int):
-        self.control_plane = control_plane
-        self.stack = stack
-        self.namespace = f"airflow-{next(_namespaces)}"
-        self.api = control_plane.api_client()
-        self.core = client.CoreV1Api(self.api)
-        self.apps = client.AppsV1Api(self.api)
-        self.core.create_namespace({"metadata": {"name": self.namespace}})
-        objects = _program_objects()
-        rbac = client.RbacAuthorizationV1Api(self.api)
-        sa = copy.deepcopy(objects["ServiceAccount"])
-        sa["metadata"]["namespace"] = self.namespace
-        self.core.create_namespaced_service_account(self.namespace, sa)
-        for kind, create in (("Role", rbac.create_namespaced_role), ("RoleBinding", rbac.create_namespaced_role_binding)):
-            body = copy.deepcopy(objects[kind])
-            body["metadata"]["namespace"] = self.namespace
-            for subject in body.get("subjects", []):
-                subject["namespace"] = self.namespace
-            create(self.namespace, body)
-        self.service_account = sa["metadata"]["name"]
-        self.apps.create_namespaced_deployment(self.namespace, worker_deployment(self.namespace, grace_s))
-        command = airflow_worker_command(CONCURRENCY, queues=(QUEUE,))
-        self.agent = NodeAgent(
-            self.api, AGENT_NODES, self._runner, stack.work_dir / "pods", base_env=stack.env,
-        )
-        self.agent.start()
-        self._command = command
-
-    def _runner(self, pod: client.V1Pod) -> ProcessSpec | None:
-        # Celery workers for the Deployment's pods; any other pod (a KubernetesExecutor-like pod) runs nothing.
-        if pod.metadata.namespace != self.namespace or not pod.metadata.owner_references:
-            return None
-        return ProcessSpec(self._command(pod.metadata.name))
-
-    def scale_to(self, replicas: int, timeout: float = 180) -> None:
-        """Set the worker count by hand and wait until that many Celery workers run."""
-        self.apps.patch_namespaced_deployment_scale(WORKER_DEPLOYMENT, self.namespace, {"spec": {"replicas": replicas}})
-        wait_for(lambda: len(self.agent.processes()) == replicas
-                 and len([p for p in self.live_pods() if p.metadata.owner_references]) == replicas, timeout,
-                 f"{replicas} worker pods running")
-
-    def token_kubeconfig(self, path: Path) -> Path:
-        """A kubeconfig holding a token of the program's ServiceAccount (a TokenRequest, as the kubelet mounts)."""
-        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
-        token = self.core.create_namespaced_service_account_token(self.service_account, self.namespace, request).status.token
-        path.write_text(
-            "apiVersion: v1\nkind: Config\n"
-            f"clusters:\n- name: test\n  cluster:\n    server: {self.control_plane.server}\n"
-            f"    certificate-authority: {self.control_plane.pki.ca.cert}\n"
-            f"users:\n- name: sa\n  user:\n    token: {token}\n"
-            "contexts:\n- name: test\n  context:\n    cluster: test\n    user: sa\n"
-            f"    namespace: {self.namespace}\ncurrent-context: test\n"
-        )
-        return path
-
-    def all_pods(self) -> list[client.V1Pod]:
-        return self.core.list_namespaced_pod(self.namespace, label_selector=worker_label_selector()).items
-
-    def live_pods(self) -> list[client.V1Pod]:
-        return [p for p in self.all_pods() if p.metadata.deletion_timestamp is None]
-
-    def replicas(self) -> int:
-        # The API omits a zero (omitempty), which the client reads as None.
-        return self.apps.read_namespaced_deployment_scale(WORKER_DEPLOYMENT, self.namespace).spec.replicas or 0
-
-    def running_workers(self) -> int:
-        return len(self.agent.processes())
-
-    def diagnostics(self) -> str:
-        pods = self.core.list_namespaced_pod(self.namespace).items
-        return "\n".join([
-            f"replicas={self.replicas()} terminations={self.agent.terminations} agent errors={self.agent.errors}",
-            *(f"pod {p.metadata.name} node={p.spec.node_name} phase={p.status.phase} deleting={p.metadata.deletion_timestamp}"
-              f" annotations={p.metadata.annotations}" for p in pods),
-        ])
-
-    def close(self) -> None:
-        self.agent.stop()
-        try:
-            self.core.delete_namespace(self.namespace)
-        except ApiException:
-            pass
+        super().__init__(control_plane.api_client(), control_plane, f"airflow-{next(_namespaces)}", grace_s,
+                         env=stack.env, command=airflow_worker_command(CONCURRENCY, queues=(QUEUE,)),
+                         log_dir=stack.work_dir / "pods")
 
 
 def controller(stack, workers: RealWorkers, identity: str, tmp_path: Path, *extra: str) -> ControllerProcess:
