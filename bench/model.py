@@ -65,6 +65,10 @@ class Celery:
     # (providers/celery default_celery.py): a worker holds at most concurrency * multiplier messages
     # and, acking late, counts the running ones, so with 1 it reserves nothing beyond its free slots.
     prefetch_multiplier: int = 1
+    # Message taken -> task instance "running" (the worker forks the task process, the task SDK's supervisor
+    # starts and reports to the API server). 0 in the full-size scenarios (seconds against minutes); the
+    # scaled-down real runs measure it (bench/sim_vs_real.py), where it is a visible share of a 15 s task.
+    task_start_s: float = 0.0
 
 
 @dataclass(frozen=True)

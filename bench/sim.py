@@ -398,11 +398,12 @@ class Simulation:
     def _start(self, task: Task, pod: Pod) -> None:
         task.state, task.started_at, task.pod = "running", self.now, pod
         task.attempts += 1
-        task.waits.append(self.now - task.queued_at)
+        overhead = self.setup.celery.task_start_s  # the slot is taken now; the task instance runs after this
+        task.waits.append(self.now + overhead - task.queued_at)
         pod.running.append(task)
         attempt = task.attempts
         if task.spec.kind == "celery":
-            self.at(self.now + task.spec.duration_s, lambda: self._finish(task, attempt))
+            self.at(self.now + overhead + task.spec.duration_s, lambda: self._finish(task, attempt))
         else:
             orphan = task.task_pod
             if orphan is not None and orphan.gone_at is None and self.setup.kpo.reattach:
