@@ -51,6 +51,10 @@ class WorkerPod:
     # counted by the HPA) from container start.
     boot_s: float = 30.0
     boot_cpu_m: float = 300.0
+    # None: every pod boots in boot_s (its own node's CPU). A number: the boots share that many cores, as on the
+    # two-core machine of the scaled-down real runs (bench/sim_vs_real.py fits it): a pod whose container starts
+    # while k pods (itself included) are starting or booting boots in boot_s * max(1, k / boot_cores).
+    boot_cores: float | None = None
     # Chart values.yaml workers.terminationGracePeriodSeconds (the project keeps it): SIGTERM starts
     # Celery's warm shutdown (no new tasks, running ones go on); at the end SIGKILL kills what still runs.
     termination_grace_s: float = 600.0

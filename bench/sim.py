@@ -466,7 +466,12 @@ class Simulation:
         if not pod.active:
             return
         pod.started_at = self.now
-        pod.consuming_at = self.now + self.setup.worker.boot_s
+        w = self.setup.worker
+        boot = w.boot_s
+        if w.boot_cores is not None:
+            starting = sum(1 for p in self.pods if p.active and (p.consuming_at is None or p.consuming_at > self.now))
+            boot *= max(1.0, starting / w.boot_cores)
+        pod.consuming_at = self.now + boot
         pod.waiting_since = pod.consuming_at
         self._update_cpu(pod)
         self.at(pod.consuming_at, lambda: self._update_cpu(pod))

@@ -21,6 +21,7 @@ Two model variants are compared:
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,10 +94,12 @@ class CurveFigures:
 
     lead_in_s: float  # trigger -> first sample with the tasks queued (the simulator's t = 0)
     task_start_s: float | None  # first sample with tasks queued -> first with tasks running, idle worker waiting
-    scale_up_lags_s: tuple[float, ...]  # replica step (with tasks queued) -> running tasks rise, per step
+    # (pods added by the step, seconds): a replica step while tasks wait -> running tasks first exceed what the
+    # workers there before the step can hold (old replicas x concurrency): start-up + boot + task start.
+    scale_up_lags_s: tuple[tuple[int, float], ...]
 
 
-def curve_figures(run: dict) -> CurveFigures:
+def curve_figures(run: dict, concurrency: int = DEFAULT_CONCURRENCY) -> CurveFigures:
     rows = run.get("timeline") or []
     active = [r for r in rows if r[3] + r[4] > 0]
     lead_in = active[0][0] if active else 0.0
@@ -106,13 +109,28 @@ def curve_figures(run: dict) -> CurveFigures:
     for i in range(1, len(rows)):
         prev, row = rows[i - 1], rows[i]
         if row[1] > prev[1] and prev[4] > 0:  # a scale-up while tasks wait
-            base = row[3]
-            later = next((r for r in rows[i + 1:] if r[3] > base), None)
-            # Only when nothing finished in between (a finish frees a slot the queue refills at once).
-            between = [r for r in rows[i:] if later is not None and r[0] <= later[0]]
-            if later is not None and all(r[3] >= base for r in between):
-                lags.append(round(later[0] - row[0], 1))
+            cap = prev[1] * concurrency
+            later = next((r for r in rows[i + 1:] if r[3] > cap), None)
+            # Only while the step's pods are the newest (no further step before they run tasks).
+            nxt = next((r[0] for r in rows[i + 1:] if r[1] > row[1]), None)
+            if later is not None and (nxt is None or later[0] <= nxt):
+                lags.append((row[1] - prev[1], round(later[0] - row[0], 1)))
     return CurveFigures(lead_in, task_start, tuple(lags))
+
+
+def fit_boot(points: list[tuple[int, float]], startup_s: float, task_start_s: float) -> tuple[float, float] | None:
+    """(boot_s, boot_cores) minimizing the absolute error of startup + boot_s * max(1, k / cores) + task start
+    against the measured (k pods added, lag) points: boots that share the machine's cores."""
+    if not points:
+        return None
+    best = None
+    for boot10 in range(5, 201):
+        boot = boot10 / 10
+        for cores in (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 100.0):  # >= 1: a lone pod boots in boot_s
+            err = sum(abs(startup_s + boot * max(1.0, k / cores) + task_start_s - lag) for k, lag in points)
+            if best is None or err < best[0] - 1e-9:
+                best = (err, boot, cores)
+    return best[1], best[2]
 
 
 # ----------------------------------------------------------------------------------------------- the mapping
@@ -133,7 +151,7 @@ def scenario_for(doc: dict, name: str, setup: Setup) -> Scenario:
 
 
 def setup_for(doc: dict, name: str, runs: dict[str, dict], *, boot_s: float | None = None,
-              task_start_s: float = 0.0) -> tuple[Setup, dict[str, str]]:
+              boot_cores: float | None = None, task_start_s: float = 0.0, idle_cpu_m: float | None = None) -> tuple[Setup, dict[str, str]]:
     """The simulator's Setup for a real scenario, and where each parameter comes from."""
     real = doc["scenarios"][name]
     times = doc.get("times_scaled", {})
@@ -191,7 +209,8 @@ def setup_for(doc: dict, name: str, runs: dict[str, dict], *, boot_s: float | No
     del keda_min  # the simulator's KEDA uses Setup.min_workers (the real ScaledObject's minReplicaCount is the same)
     worker = WorkerPod(
         request_m=request_m, limit_m=None, startup_s=AGENT_STARTUP_S, image_pull_s=0.0,
-        boot_s=measured_boot if boot_s is None else boot_s, termination_grace_s=grace)
+        boot_s=measured_boot if boot_s is None else boot_s, boot_cores=boot_cores, termination_grace_s=grace,
+        **({} if idle_cpu_m is None else {"idle_cpu_m": idle_cpu_m}))
     setup = Setup(
         worker=worker,
         celery=Celery(concurrency=concurrency, task_start_s=task_start_s),
@@ -214,12 +233,15 @@ def setup_for(doc: dict, name: str, runs: dict[str, dict], *, boot_s: float | No
                                          "highest priority_weight first (Airflow's scheduler order)",
         "task CPU (celery tasks on the worker)": f"cpu.task_millicores = {task_m:g}m",
         "worker request / limit": f"cpu.worker_cpu_request = {request_m:g}m, no limit (bench/real_k8s.py sets requests only)",
-        "worker idle CPU, boot CPU": f"bench/model.py WorkerPod defaults ({worker.idle_cpu_m:g}m, {worker.boot_cpu_m:g}m):"
-                                     " not in the real results",
+        "worker idle CPU": f"{worker.idle_cpu_m:g}m: " + ("bench/model.py's assumption (not in the real results)"
+                           if idle_cpu_m is None else "fitted to the real HPA replica paths (see recalibration)"),
+        "worker boot CPU": f"{worker.boot_cpu_m:g}m, bench/model.py (not in the real results; the boots here are "
+                           "shorter than a metrics window after Ready, so the HPA never counts them)",
         "pod start-up (bound -> process)": f"{AGENT_STARTUP_S:g} s: kube-scheduler bind + the node agent's 0.5 s poll",
         "pod boot (process -> Celery consuming)": (
             f"median measured pod_start_s {pod_start:g} s - start-up {AGENT_STARTUP_S:g} s = {measured_boot:g} s"
-            if boot_s is None else f"{boot_s:g} s, refitted from the real curves (scale-up lag; see recalibration)"),
+            if boot_s is None else f"{boot_s:g} s x max(1, pods starting / {boot_cores:g}), refitted from the real "
+            "curves (scale-up lags; see recalibration)"),
         "image pull": "0 (the node agent runs processes from the local venv)",
         "task start (message taken -> task running)": f"{task_start_s:g} s"
                                                      + (" (from the real curves)" if task_start_s else ""),
@@ -345,34 +367,90 @@ def _runs_by_scenario(doc: dict) -> dict[str, dict[str, dict]]:
 
 
 def recalibration(doc: dict) -> dict[str, Any]:
-    """Boot and task start refitted from every ok run's curves (one figure for the whole file, not per run)."""
-    lags, starts, pod_starts = [], [], []
+    """Boot and task start refitted from every ok run's curves (one set of figures for the whole file)."""
+    points, starts, pod_starts = [], [], []
     for r in doc.get("runs", []):
         if r.get("status") != "ok":
             continue
         c = curve_figures(r)
-        lags += c.scale_up_lags_s
+        points += c.scale_up_lags_s
         if c.task_start_s is not None:
             starts.append(c.task_start_s)
         if r.get("pod_start_s") is not None:
             pod_starts.append(r["pod_start_s"])
     task_start = round(statistics.median(starts), 1) if starts else 0.0
-    lag = round(statistics.median(lags), 1) if lags else None
-    # lag = start-up + boot + task start (+ half a sampling interval on average, ~0.5 s, not removed)
-    boot = None if lag is None else round(max(lag - AGENT_STARTUP_S - task_start, 0.0), 1)
+    fit = fit_boot(points, AGENT_STARTUP_S, task_start)
+    idle, idle_scores = fit_idle_cpu(doc, fit, task_start)
     return {
+        "idle_cpu_m": idle,
+        "idle_cpu_scores": idle_scores,
         "task_start_s": task_start,
         "task_start_samples_s": starts,
-        "scale_up_lag_median_s": lag,
-        "scale_up_lags_s": lags,
-        "boot_s": boot,
+        "scale_up_lags (pods added, s)": points,
+        "boot_s": None if fit is None else fit[0],
+        "boot_cores": None if fit is None else fit[1],
         "idle_pod_start_s": pod_starts,
         "how": "task start = first sample with tasks queued -> first with tasks running (an idle worker is there; "
-               "median over runs); scale-up lag = a replica step while tasks wait -> the next rise of running tasks "
-               "with no task finishing in between (median over every such step of every run); boot = lag - start-up "
-               f"({AGENT_STARTUP_S:g} s) - task start. The timeline is sampled about once a second, so each figure is "
-               "within ~1 s.",
+               "median over runs). Scale-up lag = a replica step while tasks wait -> running tasks first exceed "
+               "the old replicas x concurrency (the new pods took tasks), per step of every run, with the number of "
+               f"pods the step added; boot_s and boot_cores fitted to lag = start-up ({AGENT_STARTUP_S:g} s) + boot_s "
+               "x max(1, pods added / boot_cores) + task start (least absolute error). The timeline is sampled about "
+               "once a second, so each point is within ~1 s; the idle pod start the real run records (pod created "
+               "-> first Celery ping reply, polled with a 2 s ping timeout) is longer than a lone scale-up's lag.",
     }
+
+
+IDLE_CPU_GRID = (5.0, 10.0, 15.0, 20.0, 30.0)
+
+
+def fit_idle_cpu(doc: dict, boot_fit: tuple[float, float] | None, task_start: float,
+                 seeds=PHASE_SEEDS) -> tuple[float | None, dict[float, float]]:
+    """The idle worker CPU that most often reproduces the real HPA's replica paths (the only runs whose decisions
+    depend on it): the whole path (scale-down included) and the path up to the last task each count once per phase
+    seed; ties go to the smallest. None without an ok hpa run."""
+    by_scen = _runs_by_scenario(doc)
+    hpa = [(name, runs) for name, runs in by_scen.items()
+           if runs.get("hpa", {}).get("status") == "ok" and name in doc.get("scenarios", {})]
+    if not hpa:
+        return None, {}
+    kw = {} if boot_fit is None else {"boot_s": boot_fit[0], "boot_cores": boot_fit[1]}
+    scores = {}
+    for idle in IDLE_CPU_GRID:
+        hits = total = 0
+        for name, runs in hpa:
+            setup, _ = setup_for(doc, name, runs, task_start_s=task_start, idle_cpu_m=idle, **kw)
+            scenario = scenario_for(doc, name, setup)
+            want_up, want_all = real_path(runs["hpa"]), real_sequence(runs["hpa"])
+            for seed in seeds:
+                run = simulate(setup, list(scenario.tasks), "hpa", scenario.horizon_s, seed)
+                hits += (sim_sequence(run) == want_all) + (sim_path(run) == want_up)
+                total += 2
+        scores[idle] = round(hits / total, 2)
+    best = max(IDLE_CPU_GRID, key=lambda i: (scores[i], -i))
+    return best, scores
+
+
+def real_path(run: dict) -> list[int]:
+    """Replica path from the trigger up to the last task's end (the scale-up path)."""
+    rows = run.get("timeline") or []
+    busy = [r[0] for r in rows if r[3] + r[4] > 0]
+    end = busy[-1] if busy else math.inf
+    return _sequence([(r[0], r[1]) for r in rows if r[0] <= end])
+
+
+def sim_path(run: RunResult) -> list[int]:
+    fin = [t.finished_at for t in run.tasks if t.finished_at is not None]
+    end = max(fin) if fin else run.horizon_s
+    return _sequence([(s.t, s.replicas) for s in run.timeline if 0 <= s.t < end])
+
+
+def per_run_boot(run: dict, cores: float, task_start: float) -> float | None:
+    """This run's own boot_s (its scale-up lags, with the file's shared cores), or None without a lag."""
+    pts = curve_figures(run).scale_up_lags_s
+    if not pts:
+        return None
+    return round(statistics.median(max(lag - AGENT_STARTUP_S - task_start, 0.0) / max(1.0, k / cores)
+                                   for k, lag in pts), 1)
 
 
 def compare(doc: dict, seeds=PHASE_SEEDS) -> dict[str, Any]:
@@ -380,7 +458,11 @@ def compare(doc: dict, seeds=PHASE_SEEDS) -> dict[str, Any]:
     recal = recalibration(doc)
     variants = {"measured": {}, "recalibrated": {"task_start_s": recal["task_start_s"]}}
     if recal["boot_s"] is not None:
-        variants["recalibrated"]["boot_s"] = recal["boot_s"]
+        variants["recalibrated"].update(boot_s=recal["boot_s"], boot_cores=recal["boot_cores"])
+    if recal["idle_cpu_m"] is not None:
+        variants["recalibrated"]["idle_cpu_m"] = recal["idle_cpu_m"]
+    # The controllers alone: every run's own pod boot (its scale-up lags), the rest as recalibrated.
+    variants["per-run-boot"] = dict(variants["recalibrated"])
     out: dict[str, Any] = {"source": doc.get("command"), "phase_seeds": list(seeds), "flag_pct": FLAG_PCT,
                            "recalibration": recal, "variants": {}, "sources": {}}
     for variant, kwargs in variants.items():
@@ -397,6 +479,12 @@ def compare(doc: dict, seeds=PHASE_SEEDS) -> dict[str, Any]:
                     rows.append({"scenario": name, "mode": mode, "status": real.get("status"), "figures": {}})
                     continue
                 curves = curve_figures(real)
+                own = None
+                if variant == "per-run-boot":
+                    own = per_run_boot(real, kwargs.get("boot_cores") or 1.0, kwargs.get("task_start_s", 0.0))
+                    if own is not None:
+                        setup, _ = setup_for(doc, name, runs, **{**kwargs, "boot_s": own})
+                        scenario = scenario_for(doc, name, setup)
                 sims = [simulate(setup, list(scenario.tasks), mode, scenario.horizon_s, seed) for seed in seeds]
                 per_seed = [sim_figures(s, setup.min_workers, curves.lead_in_s, limit) for s in sims]
                 figures = {}
@@ -412,7 +500,7 @@ def compare(doc: dict, seeds=PHASE_SEEDS) -> dict[str, Any]:
                         "flagged": flagged(r, s),
                     }
                 rows.append({
-                    "scenario": name, "mode": mode, "status": "ok", "figures": figures,
+                    "scenario": name, "mode": mode, "status": "ok", "figures": figures, "boot_s": setup.worker.boot_s,
                     "evidence": evidence(real, sims, setup, curves),
                     "sim_curve_seed0": [(round(x.t, 1), x.replicas, x.pods, x.running_tasks) for x in sims[0].timeline
                                         if x.t >= -1],
@@ -438,8 +526,11 @@ def evidence(real: dict, sims: list[RunResult], setup: Setup, curves: CurveFigur
         "sim_sequences": sorted({"→".join(map(str, sim_sequence(s))) for s in sims}),
         "real_lead_in_s": curves.lead_in_s,
         "real_task_start_s": curves.task_start_s,
-        "real_scale_up_lags_s": list(curves.scale_up_lags_s),
-        "model_scale_up_lag_s": round(setup.worker.startup_s + setup.worker.boot_s + setup.celery.task_start_s, 1),
+        "real_scale_up_lags (pods added, s)": list(curves.scale_up_lags_s),
+        "model_scale_up_lags (pods added, s)": [
+            (k, round(setup.worker.startup_s + setup.celery.task_start_s + setup.worker.boot_s * (
+                max(1.0, k / setup.worker.boot_cores) if setup.worker.boot_cores else 1.0), 1))
+            for k, _ in curves.scale_up_lags_s],
         "real_back_to_min_after_last_task_s": None if back_real is None or last_busy is None
         else round(back_real - last_busy, 1),
         "sim_back_to_min_after_last_task_s_seed0": None if back_sim is None or not fin else round(back_sim - max(fin), 1),
@@ -456,12 +547,13 @@ def explain(row: dict, key: str) -> str:
     ev = row["evidence"]
     f = row["figures"][key]
     parts = []
-    lags = ev["real_scale_up_lags_s"]
-    model_lag = ev["model_scale_up_lag_s"]
+    lags = ev["real_scale_up_lags (pods added, s)"]
+    model_lags = ev["model_scale_up_lags (pods added, s)"]
     if key in ("makespan_s", "p50_queue_wait_s", "p95_queue_wait_s", "makespan_x_limit"):
         if lags:
-            parts.append(f"real scale-up lag (replica step -> new tasks running) {', '.join(map(str, lags))} s vs the "
-                         f"model's start-up + boot + task start {model_lag} s")
+            parts.append("scale-up lag (replica step -> the new pods run tasks; pods added: seconds) real "
+                         + ", ".join(f"{k}: {v}" for k, v in lags) + ", model "
+                         + ", ".join(f"{k}: {v}" for k, v in model_lags))
         if ev["real_sequence"] and "→".join(map(str, ev["real_sequence"])) not in ev["sim_sequences"]:
             parts.append(f"replica path real {'→'.join(map(str, ev['real_sequence']))}, simulated "
                          f"{' / '.join(ev['sim_sequences'])}")
@@ -506,11 +598,21 @@ def render_md(cmp: dict, real_path: str) -> str:
     recal = cmp["recalibration"]
     for variant, rows in cmp["variants"].items():
         title = {"measured": "Model with the real run's measured parameters (idle pod start)",
-                 "recalibrated": "Model recalibrated on the real curves"}[variant]
+                 "recalibrated": "Model recalibrated on the real curves (one set of figures for every run)",
+                 "per-run-boot": "The controllers alone: recalibrated, and each run's own pod boot"}[variant]
         lines += [f"## {title}", ""]
+        if variant == "per-run-boot":
+            lines += ["Each run's boot_s from its own scale-up lags (same shared cores, task start and idle CPU): the "
+                      "machine's load differed between runs (other engineers' control planes on the same two cores), "
+                      "so this isolates what the controllers decide from how fast pods happened to boot. boot_s per "
+                      "run: " + ", ".join(f"{r['scenario']}/{r['mode']} {r.get('boot_s')}" for r in rows
+                                          if r["status"] == "ok") + ".", ""]
         if variant == "recalibrated":
-            lines += [f"Boot {recal['boot_s']} s (was the idle measure), task start {recal['task_start_s']} s "
-                      f"(was 0): {recal['how']} Lags seen: {recal['scale_up_lags_s']}; task starts seen: "
+            lines += [f"Idle worker CPU {recal['idle_cpu_m']}m (was 5m; per candidate, the share of (HPA run, phase seed, whole "
+                      f"path / path to the last task) on the real replica path: {recal['idle_cpu_scores']}). "
+                      f"Boot {recal['boot_s']} s x max(1, pods starting / {recal['boot_cores']}) (was the idle "
+                      f"measure, alone), task start {recal['task_start_s']} s (was 0): {recal['how']} Lags seen (pods "
+                      f"added, s): {recal['scale_up_lags (pods added, s)']}; task starts seen: "
                       f"{recal['task_start_samples_s']}; idle pod starts measured: {recal['idle_pod_start_s']}.", ""]
         lines += ["| scenario | mode | " + " | ".join(FIGURES) + " |", "|---|---|" + "---|" * len(FIGURES)]
         flagged_rows = []

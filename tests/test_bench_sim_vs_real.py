@@ -42,7 +42,26 @@ def test_curve_figures_read_the_timeline(doc):
     keda = next(r for r in doc["runs"] if r["mode"] == "keda")
     c = sim_vs_real.curve_figures(keda)
     assert c.lead_in_s == 3.0 and c.task_start_s == 1.0
-    assert c.scale_up_lags_s == (11.0,)  # replicas 1 -> 3 at 5 s, running 2 -> 6 at 16 s
+    assert c.scale_up_lags_s == ((2, 11.0),)  # replicas 1 -> 3 at 5 s (2 pods added), running 2 -> 6 at 16 s
+
+
+def test_boot_fit_recovers_shared_cores():
+    # Synthetic points drawn from start-up 1 + 2 s x max(1, k / 1) + task start 1.
+    points = [(1, 4.0), (2, 6.0), (3, 8.0), (4, 10.0)]
+    assert sim_vs_real.fit_boot(points, 1.0, 1.0) == (2.0, 1.0)
+
+
+def test_boots_sharing_cores_take_longer_together(doc):
+    runs = {r["mode"]: r for r in doc["runs"]}
+    setup, _ = sim_vs_real.setup_for(doc, "tiny", runs, boot_s=3.0, boot_cores=1.0)
+    scenario = sim_vs_real.scenario_for(doc, "tiny", setup)
+    from bench.sim import simulate
+
+    run = simulate(setup, list(scenario.tasks), "task-aware", scenario.horizon_s, 0)
+    new = [p for p in run.pods if p.created_at >= 0 and p.started_at is not None]
+    assert len(new) == 2  # 1 -> 3 workers: two pods start together
+    boots = sorted(round(p.consuming_at - p.started_at, 6) for p in new)
+    assert boots == [6.0, 6.0]  # 3 s x 2 pods / 1 core, each
 
 
 def test_task_start_delays_the_simulated_tasks(doc):
