@@ -73,6 +73,10 @@ class Celery:
     # starts and reports to the API server). 0 in the full-size scenarios (seconds against minutes); the
     # scaled-down real runs measure it (bench/sim_vs_real.py), where it is a visible share of a 15 s task.
     task_start_s: float = 0.0
+    # CPU the worker pod burns during a task's start (the forked task process and its supervisor importing Airflow
+    # and parsing the DAG file), instead of the task's own CPU. 0 by default (a share of a core for a second or
+    # two against tasks of minutes); the real runs' HPA sees it at this scale (bench/sim_vs_real.py fits it).
+    task_start_cpu_m: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -402,6 +402,8 @@ class Simulation:
         task.waits.append(self.now + overhead - task.queued_at)
         pod.running.append(task)
         attempt = task.attempts
+        if overhead:
+            self.at(self.now + overhead, lambda: self._update_cpu(pod))
         if task.spec.kind == "celery":
             self.at(self.now + overhead + task.spec.duration_s, lambda: self._finish(task, attempt))
         else:
@@ -456,7 +458,12 @@ class Simulation:
         else:
             booting = pod.consuming_at is not None and self.now < pod.consuming_at
             value = w.idle_cpu_m + (w.boot_cpu_m if booting else 0.0)
-            value += sum(t.spec.cpu_m if t.spec.kind == "celery" else self.setup.kpo.wait_cpu_m for t in pod.running)
+            c = self.setup.celery
+            value += sum(
+                c.task_start_cpu_m if self.now < t.started_at + c.task_start_s
+                else t.spec.cpu_m if t.spec.kind == "celery" else self.setup.kpo.wait_cpu_m
+                for t in pod.running
+            )
             if w.limit_m is not None:
                 value = min(value, w.limit_m)
         if not pod.cpu or pod.cpu[-1][1] != value:
