@@ -51,6 +51,10 @@ class WorkerPod:
     # counted by the HPA) from container start.
     boot_s: float = 30.0
     boot_cpu_m: float = 300.0
+    # None: every pod boots in boot_s (its own node's CPU). A number: the boots share that many cores, as on the
+    # two-core machine of the scaled-down real runs (bench/sim_vs_real.py fits it): a pod whose container starts
+    # while k pods (itself included) are starting or booting boots in boot_s * max(1, k / boot_cores).
+    boot_cores: float | None = None
     # Chart values.yaml workers.terminationGracePeriodSeconds (the project keeps it): SIGTERM starts
     # Celery's warm shutdown (no new tasks, running ones go on); at the end SIGKILL kills what still runs.
     termination_grace_s: float = 600.0
@@ -65,6 +69,14 @@ class Celery:
     # (providers/celery default_celery.py): a worker holds at most concurrency * multiplier messages
     # and, acking late, counts the running ones, so with 1 it reserves nothing beyond its free slots.
     prefetch_multiplier: int = 1
+    # Message taken -> task instance "running" (the worker forks the task process, the task SDK's supervisor
+    # starts and reports to the API server). 0 in the full-size scenarios (seconds against minutes); the
+    # scaled-down real runs measure it (bench/sim_vs_real.py), where it is a visible share of a 15 s task.
+    task_start_s: float = 0.0
+    # CPU the worker pod burns during a task's start (the forked task process and its supervisor importing Airflow
+    # and parsing the DAG file), instead of the task's own CPU. 0 by default (a share of a core for a second or
+    # two against tasks of minutes); the real runs' HPA sees it at this scale (bench/sim_vs_real.py fits it).
+    task_start_cpu_m: float = 0.0
 
 
 @dataclass(frozen=True)

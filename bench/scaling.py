@@ -1,5 +1,6 @@
 """Run the scaling benchmark: `python -m bench.scaling` (simulated, ~20 s), `--real` (local processes) or
-`--real-k8s` (real control plane, real KEDA and HPA controllers, real Celery workers; bench/real_k8s.py).
+`--real-k8s` (real control plane, real KEDA and HPA controllers, real Celery workers; bench/real_k8s.py);
+`--real-k8s-compare` runs the simulator on --real-k8s's results and writes them side by side (bench/sim_vs_real.py).
 
 Writes bench/results/summary.json, table.md and one <scenario>.png per scenario (simulated), real.* (`--real`)
 or real-k8s.* (`--real-k8s`).
@@ -114,11 +115,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="--real-k8s: run only this mode (repeatable)")
     parser.add_argument("--quick", action="store_true",
                         help="--real-k8s: a smoke run, seed-000 only with 30 s tasks (unless --scenario says otherwise)")
+    parser.add_argument("--real-k8s-compare", action="store_true",
+                        help="run the simulator on the scenarios, clocks and CPU of --real-k8s's results and write "
+                             "sim-vs-real.md/.json/.png side by side with them (bench/sim_vs_real.py)")
+    parser.add_argument("--real-k8s-results", type=Path,
+                        help="--real-k8s-compare: the real results to read (default: <out>/real-k8s.json)")
     args = parser.parse_args(argv)
+    if args.real_k8s_compare and not args.real_k8s:
+        from bench import sim_vs_real
+
+        return sim_vs_real.main(args.real_k8s_results or args.out / "real-k8s.json", args.out)
     if args.real_k8s:
         from bench import real_k8s
 
-        return real_k8s.main(args.out, quick=args.quick, only_scenarios=args.scenario, only_modes=args.mode)
+        code = real_k8s.main(args.out, quick=args.quick, only_scenarios=args.scenario, only_modes=args.mode)
+        if args.real_k8s_compare and (args.out / "real-k8s.json").exists():  # `--real-k8s --real-k8s-compare`
+            from bench import sim_vs_real
+
+            sim_vs_real.main(args.out / "real-k8s.json", args.out)
+        return code
     if args.real:
         from bench import real
 

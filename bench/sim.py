@@ -398,11 +398,14 @@ class Simulation:
     def _start(self, task: Task, pod: Pod) -> None:
         task.state, task.started_at, task.pod = "running", self.now, pod
         task.attempts += 1
-        task.waits.append(self.now - task.queued_at)
+        overhead = self.setup.celery.task_start_s  # the slot is taken now; the task instance runs after this
+        task.waits.append(self.now + overhead - task.queued_at)
         pod.running.append(task)
         attempt = task.attempts
+        if overhead:
+            self.at(self.now + overhead, lambda: self._update_cpu(pod))
         if task.spec.kind == "celery":
-            self.at(self.now + task.spec.duration_s, lambda: self._finish(task, attempt))
+            self.at(self.now + overhead + task.spec.duration_s, lambda: self._finish(task, attempt))
         else:
             orphan = task.task_pod
             if orphan is not None and orphan.gone_at is None and self.setup.kpo.reattach:
@@ -455,7 +458,12 @@ class Simulation:
         else:
             booting = pod.consuming_at is not None and self.now < pod.consuming_at
             value = w.idle_cpu_m + (w.boot_cpu_m if booting else 0.0)
-            value += sum(t.spec.cpu_m if t.spec.kind == "celery" else self.setup.kpo.wait_cpu_m for t in pod.running)
+            c = self.setup.celery
+            value += sum(
+                c.task_start_cpu_m if self.now < t.started_at + c.task_start_s
+                else t.spec.cpu_m if t.spec.kind == "celery" else self.setup.kpo.wait_cpu_m
+                for t in pod.running
+            )
             if w.limit_m is not None:
                 value = min(value, w.limit_m)
         if not pod.cpu or pod.cpu[-1][1] != value:
@@ -465,7 +473,12 @@ class Simulation:
         if not pod.active:
             return
         pod.started_at = self.now
-        pod.consuming_at = self.now + self.setup.worker.boot_s
+        w = self.setup.worker
+        boot = w.boot_s
+        if w.boot_cores is not None:
+            starting = sum(1 for p in self.pods if p.active and (p.consuming_at is None or p.consuming_at > self.now))
+            boot *= max(1.0, starting / w.boot_cores)
+        pod.consuming_at = self.now + boot
         pod.waiting_since = pod.consuming_at
         self._update_cpu(pod)
         self.at(pod.consuming_at, lambda: self._update_cpu(pod))
