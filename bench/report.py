@@ -57,6 +57,18 @@ def mode_summary(run: RunResult) -> dict[str, Any]:
     }
 
 
+def simulated_limit(scenario) -> dict[str, float]:
+    """What no autoscaler can beat in a simulated scenario (issue 12, item 5): its last task's end if every task
+    started on arrival, plus one worker pod start (start-up + boot; the image already on the node); and the
+    worker pod-seconds of perfect packing (task-seconds / concurrency). bench.real_k8s.limits is the real runs'."""
+    worker = scenario.setup.worker
+    pod_start = worker.startup_s + worker.boot_s
+    return {
+        "makespan_limit_s": max(t.arrival_s + t.duration_s for t in scenario.tasks) + pod_start,
+        "pod_seconds_limit": sum(t.duration_s for t in scenario.tasks) / scenario.setup.celery.concurrency,
+    }
+
+
 def _minutes(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds / 60:.1f}"
 

@@ -79,9 +79,35 @@ def test_readme_benchmark_table_matches_the_committed_results():
     table = readme.split("<!-- bench-seed-000 -->")[1].split("<!-- /bench-seed-000 -->")[0]
     rows = [line.strip("|").split("|") for line in table.strip().splitlines()[2:]]
     assert {r[0].strip() for r in rows} == set(summary)
-    for mode, makespan_min, max_replicas, pod_minutes, evicted in ([c.strip() for c in r] for r in rows):
+    from bench.report import simulated_limit
+    from bench.scenarios import seed_000
+
+    limit = simulated_limit(seed_000())
+    for mode, makespan_min, max_replicas, pod_minutes, evicted, x_makespan, x_pods in ([c.strip() for c in r] for r in rows):
         figures = summary[mode]
         assert float(makespan_min) == round(figures["makespan_s"] / 60, 1), mode
         assert int(max_replicas) == figures["max_replicas"], mode
         assert float(pod_minutes) == round(figures["worker_pod_minutes"], 1), mode
         assert int(evicted) == figures["evicted_tasks"], mode
+        assert float(x_makespan) == round(figures["makespan_s"] / limit["makespan_limit_s"], 2), mode
+        assert float(x_pods) == round(figures["worker_pod_minutes"] * 60 / limit["pod_seconds_limit"], 2), mode
+
+
+def test_readme_real_benchmark_table_matches_the_committed_real_run():
+    import json
+
+    runs = json.loads((REPO / "bench/results/real-k8s.json").read_text())["runs"]
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("<!-- bench-real-k8s -->")[1].split("<!-- /bench-real-k8s -->")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.strip().splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [(run["scenario"], run["mode"]) for run in runs]
+    for row, run in zip(rows, runs):
+        assert float(row[2]) == round(run["makespan_s"], 1)
+        assert int(row[3]) == run["max_replicas"]
+        assert int(row[4]) == round(run["worker_pod_seconds"])
+        assert int(row[5]) == run["evicted_task_attempts"]
+        assert (float(row[6]), float(row[7])) == (run["makespan_x_limit"], run["pod_seconds_x_limit"])
+    # The eviction scenario's point: real KEDA kills task attempts, the task-aware mode none.
+    by = {(r["scenario"], r["mode"]): r for r in runs}
+    assert by[("long-and-short", "keda")]["evicted_task_attempts"] > 0
+    assert by[("long-and-short", "task-aware")]["evicted_task_attempts"] == 0
