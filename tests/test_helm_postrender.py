@@ -263,15 +263,6 @@ def test_safe_to_evict_is_false_under_either_key_and_true_only_when_asked(tmp_pa
 # --- a real Helm against a real API server -----------------------------------------------------------------
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(what)
-
-
 @pytest.fixture(scope="module")
 def api_server(control_plane, tmp_path_factory):
     """Helm's environment pointed at the session's real control plane (tests/k8s/plugin.py), as its admin."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-import time
 
 from celery import Celery
+
+from airflow_on_k8s.testing.waiting import wait_for  # noqa: F401  (the tests import it from here)
 
 
 def plain_worker_command(name: str) -> list[str]:
@@ -22,16 +23,6 @@ class TaskSender:
 
     def sleep(self, seconds: float):
         return self.app.send_task("sleep_then_report", args=[seconds], queue="default")
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def wait_workers_up(control, names, timeout_s: float = 40) -> None:

@@ -14,20 +14,10 @@ from kubernetes.client.rest import ApiException
 
 from airflow_on_k8s.testing.controlplane import ControlPlane, ControlPlaneError, pinned_version, start_kwok
 from airflow_on_k8s.testing.node_agent import NodeAgent
+from airflow_on_k8s.testing.waiting import wait_for
 from airflow_on_k8s.versions import SUPPORTED_KUBERNETES_VERSIONS
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def make_namespace(api, name: str) -> None:

@@ -138,11 +138,10 @@ def _check_top(plane, api, metrics, ns, pods):
     probe = None
     try:
         root = wait_for(lambda: [u.pid for u in metrics.agent.sample() if (u.namespace, u.pod) == (ns, "burn-500m")],
-                        60, 0.25, "the burner running")[0]
+                        60, "the burner running", 0.25)[0]
         probe = SchedstatProbe(root)  # the agent starts each pod's process with setsid: its pid is the session
         # metrics-server turns the counter into a rate over its last two scrapes (15 s apart): within ~40 s.
-        usage = wait_for(lambda: (u := hpa.pod_usage(api, ns)).keys() >= pods.keys() and u, 90, 2,
-                         "metrics of both pods")
+        usage = wait_for(lambda: (u := hpa.pod_usage(api, ns)).keys() >= pods.keys() and u, 90, "metrics of both pods", 2)
         first = time.monotonic() - began
         time.sleep(16)  # one more scrape: a full window of a running burner
         usage = hpa.pod_usage(api, ns)
@@ -216,13 +215,13 @@ def test_real_hpa_scales_a_deployment_on_measured_cpu(cpu_plane):
     # Scaling up needs: the pod running, two scrapes (15 s apart), an HPA sync (every 15 s); then the new pod's
     # own metrics before the next step (a pod without metrics counts as 0 % when scaling up).
     busy, idle = wait_for(lambda: (s := observe())[0].desired_replicas >= 2 and s[1].utilization is not None and s,
-                          110, 1, "the busy Deployment scaled up, the idle one measured")
+                          110, "the busy Deployment scaled up, the idle one measured", 1)
     scaled_at = time.monotonic() - began
     wait_for(lambda: len([u for u in metrics.agent.sample() if u.namespace == ns and u.pod.startswith("busy-")]) >= 2
-             and observe(), 30, 1, "the new busy pod running")
+             and observe(), 30, "the new busy pod running", 1)
     # The next step, as in the seed's `kubectl get hpa -w` (1, 2, 3, 4, 6, 8): watched, not asserted (time).
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: observe()[0].desired_replicas >= 3, 45, 1, "a second step")
+        wait_for(lambda: observe()[0].desired_replicas >= 3, 45, "a second step", 1)
     events = [e for e in core.list_namespaced_event(ns).items if e.reason == "SuccessfulRescale"]
     for e in events:
         print(f"event {e.involved_object.name}: {e.message}")

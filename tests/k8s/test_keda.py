@@ -37,6 +37,7 @@ from airflow_on_k8s.testing.keda import (  # noqa: E402
     start_keda,
 )
 from airflow_on_k8s.testing.local_services import postgres_server  # noqa: E402
+from airflow_on_k8s.testing.waiting import wait_for  # noqa: E402
 
 NS = "airflow"
 WORKER = "airflow-worker"
@@ -52,17 +53,6 @@ def get_json(plane, path: str, **query) -> dict:
     url = f"{plane.server}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
     with urllib.request.urlopen(url, context=context, timeout=10) as response:
         return json.loads(response.read())
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +207,7 @@ def test_scaled_object_postgresql_trigger_drives_real_hpa(keda_plane, api, keda,
                         [(f"t{i}", "queued" if i % 2 else "running", "default") for i in range(5)]
                         + [("done", "success", "default"), ("retry", "up_for_retry", "default"),
                            ("sched", "scheduled", "default")])
-    wait_for(lambda: _replicas(apps) == 3, timeout=90, interval=1, what="the HPA scaling the workers to 3")
+    wait_for(lambda: _replicas(apps) == 3, timeout=90, poll_s=1, what="the HPA scaling the workers to 3")
     scale_up_s = time.monotonic() - began
 
     # The 1 -> 3 step is the HPA controller's (KEDA itself only activates 0 -> 1): its status says so.
@@ -243,5 +233,5 @@ def test_scaled_object_postgresql_trigger_drives_real_hpa(keda_plane, api, keda,
     began = time.monotonic()
     with postgres.conn.cursor() as cur:
         cur.execute("UPDATE task_instance SET state = 'success'")
-    wait_for(lambda: _replicas(apps) == 0, timeout=90, interval=1, what="KEDA scaling the workers to zero")
+    wait_for(lambda: _replicas(apps) == 0, timeout=90, poll_s=1, what="KEDA scaling the workers to zero")
     print(f"3 -> 0 workers {time.monotonic() - began:.1f} s after the queue drained")
