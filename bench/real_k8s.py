@@ -39,7 +39,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any
 
 from bench import real
 from bench.report import percentile
@@ -154,22 +154,29 @@ class ModeContext:
     identity: str
 
 
-class AutoscalerMode(Protocol):
+class AutoscalerMode:
+    """One autoscaler under test: set up against the run's control plane and worker Deployment, torn down after.
+    Defaults: available on any machine that runs the control plane, worker pods on the plain node agent."""
+
     name: str
 
     @staticmethod
     def unavailable() -> str | None:
         """Why this machine cannot run the mode (checked before a run starts), or None."""
-        ...
+        return None
 
     @staticmethod
     def agent_factory():
         """The node agent class its worker pods need (NodeAgent, or one that serves kubelet metrics)."""
-        ...
+        from airflow_on_k8s.testing.node_agent import NodeAgent
 
-    def setup(self, plane, namespace: str, deployment: str, ctx: ModeContext) -> None: ...
+        return NodeAgent
 
-    def teardown(self) -> None: ...
+    def setup(self, plane, namespace: str, deployment: str, ctx: ModeContext) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
         """What the mode runs with, and where each value comes from."""
@@ -190,18 +197,8 @@ def scaled_keda_values(min_workers: int, max_workers: int) -> dict[str, Any]:
     return values
 
 
-class KedaMode:
+class KedaMode(AutoscalerMode):
     name = "keda"
-
-    @staticmethod
-    def unavailable() -> str | None:
-        return None
-
-    @staticmethod
-    def agent_factory():
-        from airflow_on_k8s.testing.node_agent import NodeAgent
-
-        return NodeAgent
 
     def __init__(self):
         self._custom = None
@@ -250,18 +247,8 @@ class KedaMode:
         }
 
 
-class TaskAwareMode:
+class TaskAwareMode(AutoscalerMode):
     name = "task-aware"
-
-    @staticmethod
-    def unavailable() -> str | None:
-        return None
-
-    @staticmethod
-    def agent_factory():
-        from airflow_on_k8s.testing.node_agent import NodeAgent
-
-        return NodeAgent
 
     def __init__(self):
         self.proc: subprocess.Popen | None = None
@@ -327,7 +314,7 @@ class TaskAwareMode:
         }
 
 
-class HpaMode:
+class HpaMode(AutoscalerMode):
     """The HPA `scaling.mode: hpa` deploys (airflow.component.scaling_values: CPU Utilization 70 %, scale-down
     stabilization 300 s, scaled), rendered as the chart's worker HPA template does, acted on by the real HPA
     controller on CPU that real metrics-server scrapes from the node agent's kubelet /metrics/resource endpoint
@@ -339,15 +326,6 @@ class HpaMode:
         self.hpa: dict | None = None
         self._api = None
         self._namespace = None
-
-    @staticmethod
-    def unavailable() -> str | None:
-        try:
-            from airflow_on_k8s.testing import kubelet_metrics  # noqa: F401
-        except ImportError:
-            return ("the node agent serves no kubelet /metrics/resource here (airflow_on_k8s.testing.kubelet_metrics)"
-                    ", so metrics-server has no pod CPU to report")
-        return None
 
     @staticmethod
     def agent_factory():
