@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -223,10 +224,11 @@ def test_no_scale_down_while_a_rollout_keeps_two_replicasets(control_plane, stac
         workers.apps.patch_namespaced_deployment(WORKER_DEPLOYMENT, workers.namespace, {"spec": {
             "minReadySeconds": 300, "strategy": {"rollingUpdate": strategy},
             "template": {"metadata": {"annotations": {"rollout": "1"}}}}})
-        hashes = lambda: {p.metadata.labels.get("pod-template-hash") for p in workers.live_pods()}  # noqa: E731
-        # The Deployment controller itself takes the old ReplicaSet down to 1 (maxUnavailable): let that settle.
-        wait_for(lambda: len(hashes()) == 2 and len(workers.all_pods()) == len(workers.live_pods()) == pods, 120,
-                 "pods of two ReplicaSets, none terminating")
+        # The Deployment controller itself takes the old ReplicaSet down to 1 (maxUnavailable), and the ReplicaSet
+        # controller creates pods in slow-start batches of 1, 2, ... (replica_set.go, slowStartBatch from SlowStartInitialBatchSize 1), so "two
+        # hashes, `pods` pods" also holds for a moment before the old one is scaled down. Wait until every
+        # ReplicaSet has exactly the pods its spec asks for, none terminating: then nothing moves for 300 s.
+        wait_for(lambda: _rollout_settled(workers, pods), 120, f"{pods} pods of two settled ReplicaSets")
         before = len(workers.agent.terminations)
         one = controller(stack, workers, f"rollout-{pods}", tmp_path, "--drain-timeout-s", "30")
         try:
@@ -240,6 +242,17 @@ def test_no_scale_down_while_a_rollout_keeps_two_replicasets(control_plane, stac
             one.stop()
     finally:
         workers.close()
+
+
+def _rollout_settled(workers: RealWorkers, pods: int) -> bool:
+    """Two ReplicaSets, each with exactly spec.replicas pods (by pod-template-hash), `pods` in all, none terminating."""
+    sets = [rs for rs in workers.apps.list_namespaced_replica_set(workers.namespace).items if rs.spec.replicas]
+    all_pods = workers.all_pods()
+    if len(sets) != 2 or len(all_pods) != pods or any(p.metadata.deletion_timestamp for p in all_pods):
+        return False
+    per_hash = Counter(p.metadata.labels.get("pod-template-hash") for p in all_pods)
+    return all(per_hash.get(rs.metadata.labels.get("pod-template-hash"), 0) == rs.spec.replicas == (rs.status.replicas or 0)
+               for rs in sets)
 
 
 def _states(stack, dag_id: str, run_id: str) -> list[tuple[str | None, int]]:
