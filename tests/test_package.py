@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from airflow_on_k8s import provider
+from airflow_on_k8s.airflow.component import POSTRENDER_COMMAND, WORKER_DEPLOYMENT
 from airflow_on_k8s.tools import schema as schema_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -277,24 +279,26 @@ KUBECONFIG = json.dumps({
 })
 
 
-def test_the_plugin_constructs_airflow_on_cluster_from_plain_data_over_grpc(tmp_path):
-    """What `pulumi preview` of a TypeScript, Go or YAML program does with AirflowOnCluster: the engine calls the
-    plugin's Construct with the inputs as a protobuf Struct; the plugin registers the component and its children
-    with the engine's resource monitor (here a recording one) and returns the component's outputs."""
+def _construct_airflow_on_cluster(program_dir: Path, scaling: dict):
+    """What `pulumi preview` of a TypeScript, Go or YAML program does with AirflowOnCluster: the engine starts the
+    plugin in the program's directory (pulumi sdk/go/common/resource/plugin/plugin.go: a PulumiPlugin.yaml plugin
+    is run by its language host with `WorkingDirectory: ctx.Pwd`, the program's working directory, as binary
+    plugins get `cmd.Dir = pwd`) and calls its Construct with the inputs as a protobuf Struct; the plugin registers
+    the component and its children with the engine's resource monitor (here a recording one) and returns the
+    component's outputs. Returns (the Construct response, the engine with what was registered)."""
     import grpc
-    from google.protobuf import json_format, struct_pb2
+    from google.protobuf import struct_pb2
     from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
     engine = _MockEngine("consumer", "dev")
     server = engine.serve()
-    # Another folder than the repository: the plugin writes nothing into it (keda mode needs no post-renderer).
-    plugin, port = _start_plugin(engine=f"127.0.0.1:{engine.port}", cwd=tmp_path)
+    plugin, port = _start_plugin(engine=f"127.0.0.1:{engine.port}", cwd=program_dir)
     inputs = struct_pb2.Struct()
     inputs.update({
         "kubeconfig": KUBECONFIG, "cloud": "local", "clusterName": "grpc",
         "taskPool": {"labelValue": "batch", "taintKey": "dedicated", "taintEffect": "NoExecute"},
         "taskPoolMaxNodes": 3,
-        "scaling": {"mode": "keda", "minWorkers": 0, "maxWorkers": 4},
+        "scaling": scaling,
         "observability": {"scrape": "none"},
     })
     try:
@@ -309,6 +313,14 @@ def test_the_plugin_constructs_airflow_on_cluster_from_plain_data_over_grpc(tmp_
         plugin.terminate()
         plugin.wait(timeout=10)
         server.stop(None)
+    return response, engine
+
+
+def test_the_plugin_constructs_airflow_on_cluster_from_plain_data_over_grpc(tmp_path):
+    from google.protobuf import json_format
+
+    response, engine = _construct_airflow_on_cluster(tmp_path, {"mode": "keda", "minWorkers": 0, "maxWorkers": 4})
+    assert not (tmp_path / POSTRENDER_COMMAND).exists()  # keda mode needs no post-renderer
     assert response.urn == f"urn:pulumi:dev::consumer::{provider.NAME}:index:AirflowOnCluster::grpc"
     state = json_format.MessageToDict(response.state)
     assert (state["clusterName"], state["airflowNamespace"], state["taskNamespace"]) == ("grpc", "airflow", "airflow-tasks")
@@ -332,3 +344,27 @@ def test_the_plugin_constructs_airflow_on_cluster_from_plain_data_over_grpc(tmp_
     quota = next(r for r in k8s_objects if r["type"] == "kubernetes:core/v1:ResourceQuota")
     assert quota["inputs"]["spec"]["hard"]["pods"] == "330"  # three task nodes' worth
     assert not any(r["type"] == "airflow-on-k8s:scaling:WorkerAutoscaler" for r in engine.registered)
+
+
+def test_the_plugin_writes_the_task_aware_post_renderer_where_the_kubernetes_provider_runs_it(tmp_path):
+    """In task-aware mode the Airflow release names a post-renderer by a path relative to the program's directory.
+    Under `pulumi package add` the component provider (a Python plugin) and the Kubernetes provider (which runs
+    Helm, pulumi-kubernetes helm_release.go `postrender.NewExec(cmd)`) both run in the program's directory (see
+    _construct_airflow_on_cluster), so the script the plugin writes there is the one Helm executes: run it as Helm
+    does, from that directory, and it takes the worker Deployment's replicas away."""
+    response, engine = _construct_airflow_on_cluster(
+        tmp_path, {"mode": "task-aware", "minWorkers": 0, "maxWorkers": 4})
+    (release,) = [r for r in engine.registered if r["type"] == "kubernetes:helm.sh/v3:Release" and r["name"] == "airflow"]
+    assert release["inputs"]["postrender"] == f"./{POSTRENDER_COMMAND.as_posix()}"
+    assert any(r["type"] == "airflow-on-k8s:scaling:WorkerAutoscaler" for r in engine.registered)
+
+    rendered = (
+        f"apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {WORKER_DEPLOYMENT}}}\nspec: {{replicas: 3}}\n"
+        "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: airflow-scheduler}\nspec: {replicas: 1}\n"
+    )
+    # A clean environment, as the Kubernetes provider's Helm has: the script names its own interpreter and package.
+    out = subprocess.run([release["inputs"]["postrender"]], input=rendered, cwd=tmp_path, env=CLEAN_ENV,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all(out) if d}
+    assert "replicas" not in docs[WORKER_DEPLOYMENT]["spec"]
+    assert docs["airflow-scheduler"]["spec"]["replicas"] == 1

@@ -105,7 +105,10 @@ INTERNAL_LB_ANNOTATIONS: dict[str, dict[str, str]] = {
 }
 # Where the post-renderer command is written, relative to the directory Pulumi runs the program and its
 # providers from (the project directory): a relative path keeps the release's inputs the same on every
-# machine, so a `pulumi up` from another checkout does not upgrade the release.
+# machine, so a `pulumi up` from another checkout does not upgrade the release. Under `pulumi package add` the
+# component provider and the Kubernetes provider both start in the program's directory too (pulumi
+# sdk/go/common/resource/plugin/plugin.go: `cmd.Dir = pwd` for binaries, `WorkingDirectory: ctx.Pwd` for
+# PulumiPlugin.yaml plugins); tests/test_package.py runs the written script as Helm would.
 POSTRENDER_COMMAND = Path(".airflow-on-k8s") / "helm-postrender-airflow"
 
 
