@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -37,11 +38,45 @@ class ServiceError(RuntimeError):
     """A local service did not start or stop; the message carries the tail of its log."""
 
 
+# Ports handed out by this process: never twice, even once the server that took one has stopped.
+_handed_out: set[int] = set()
+# The lowest port free_port picks from; everything from here to the kernel's ephemeral range is ours to try.
+_LOWEST_PORT = 15000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing holds right now, below the kernel's ephemeral range.
+
+    A port from `bind(("127.0.0.1", 0))` comes from the ephemeral range, which every outgoing connection also
+    draws from (net.ipv4.ip_local_port_range): between this call and the server's own bind a client connection
+    of the suite's can take it, and the server fails with "address already in use". Below the range only
+    another listener can, so pick there, at random (several processes call this), never the same one twice.
+    """
+    low, _ = _ephemeral_range()
+    candidates = [p for p in range(_LOWEST_PORT, low) if p not in _handed_out]
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    # A kernel whose ephemeral range starts too low for that: let it choose.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    _handed_out.add(port)
+    return port
 
 
 def _port_open(port: int) -> bool:
