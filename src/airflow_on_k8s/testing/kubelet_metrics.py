@@ -365,10 +365,10 @@ class MetricsNodeAgent(NodeAgent):
         self.kubelet_ports: dict[str, int] = {}
         self.scrapes: dict[str, int] = {}
         self._servers: list[_NodeServer] = []
-        self._pod_place: dict[tuple[str, str], tuple[str, str]] = {}  # (ns, pod) -> (node, first container)
         self._tracked: dict[tuple[str, str, int], _Tracked] = {}  # (ns, pod, pid) -> its CPU counter
         self._node_gone_cpu: dict[str, float] = {}  # CPU of containers that ended, per node (monotonic node counter)
         self._lock = threading.Lock()
+        self._sampling_stop = threading.Event()
         self._tls_dir = Path(tempfile.mkdtemp(prefix="node-agent-tls-", dir=self.log_dir))
 
     # -- lifecycle: the endpoints exist before the nodes are registered with their port
@@ -388,31 +388,23 @@ class MetricsNodeAgent(NodeAgent):
         return self
 
     def _sample_loop(self) -> None:
-        while not self._stop.wait(self.sample_interval_s):
+        while not self._sampling_stop.wait(self.sample_interval_s):
             try:
                 self.sample()
             except Exception:  # noqa: BLE001 - a scrape reads again; the next sample too
                 log.exception("sampling the pods' processes failed")
 
     def stop(self, grace_s: float = 10, delete_nodes: bool = True) -> None:
+        self._sampling_stop.set()
         for server in self._servers:
             server.shutdown()
             server.server_close()
         self._servers = []
         super().stop(grace_s, delete_nodes)
 
-    def _register(self, name: str, labels: dict[str, str]) -> None:
-        super()._register(name, labels)
+    def node_status(self, name: str) -> dict:
         # DaemonEndpoint's JSON field is "Port" (k8s.io/api core/v1 types.go).
-        self.core.patch_node_status(
-            name, {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_ports[name]}}}})
-
-    def _bound_pods(self):
-        pods = super()._bound_pods()
-        self._pod_place = {
-            (p.metadata.namespace, p.metadata.name): (p.spec.node_name, p.spec.containers[0].name) for p in pods
-        }
-        return pods
+        return {**super().node_status(name), "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_ports[name]}}}
 
     # -- measurement
 
@@ -424,27 +416,20 @@ class MetricsNodeAgent(NodeAgent):
     def _sample(self, node: str | None) -> tuple[list[PodUsage], float]:
         now = time.time()
         stats = all_stats()
-        places = dict(self._pod_place)
-        running = {key: pid for key, pid in
-                   (((ns, name), c.process.pid) for (ns, name), c in list(self._containers.items())
-                    if c.process is not None and c.process.poll() is None)}
         live_keys = set()
         usages = []
-        for (ns, name), pid in running.items():
-            place = places.get((ns, name))
-            if place is None:
-                continue
-            key = (ns, name, pid)
+        for c in self.running_containers():
+            key = (c.namespace, c.pod, c.pid)
             live_keys.add(key)
             tracked = self._tracked.get(key)
             if tracked is None:
-                tracked = self._tracked[key] = _Tracked(place[0], place[1], ProcessTreeCPU(pid))
+                tracked = self._tracked[key] = _Tracked(c.node, c.container, ProcessTreeCPU(c.pid))
             cpu, tree = tracked.cpu.sample(stats)
             if not tree or tracked.cpu.start_time is None:
                 continue
             if node is not None and tracked.node != node:
                 continue
-            usages.append(PodUsage(ns, name, tracked.container, tracked.node, pid, cpu,
+            usages.append(PodUsage(c.namespace, c.pod, tracked.container, tracked.node, c.pid, cpu,
                                    sum(working_set_bytes(s.pid) for s in tree), tracked.cpu.start_time,
                                    len(tree), now))
         for key in set(self._tracked) - live_keys:

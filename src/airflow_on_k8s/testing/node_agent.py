@@ -70,8 +70,21 @@ class _Container:
     uid: str
     process: subprocess.Popen | None
     log_path: Path | None
+    node: str = ""
+    container: str = ""  # the pod's first container: the one the process stands for
     restarts: int = 0
     sigterm_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RunningContainer:
+    """A pod's process that is running now, and where (`NodeAgent.running_containers`)."""
+
+    namespace: str
+    pod: str
+    node: str
+    container: str
+    pid: int
 
 
 def _now() -> dt.datetime:
@@ -150,6 +163,35 @@ class NodeAgent:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def running_containers(self) -> list[RunningContainer]:
+        """Every pod's process that is running now, with its node and container (what a kubelet's cAdvisor
+        measures; kubelet_metrics reads their CPU from here)."""
+        return [
+            RunningContainer(ns, name, c.node, c.container, c.process.pid)
+            for (ns, name), c in list(self._containers.items())
+            if c.process is not None and c.process.poll() is None
+        ]
+
+    def node_status(self, name: str) -> dict:
+        """The status posted for node `name` on registration and every heartbeat; a subclass adds fields by
+        extending it (kubelet_metrics adds the kubelet's daemonEndpoints)."""
+        now = _now()
+        ready = client.V1NodeCondition(
+            type="Ready", status="True", reason="KubeletReady", message="node agent is posting ready status",
+            last_heartbeat_time=now, last_transition_time=now,
+        )
+        return {
+            "capacity": self.capacity,
+            "allocatable": self.capacity,
+            "conditions": [ready],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+            "nodeInfo": {
+                "architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "node-agent",
+                "kubeProxyVersion": "", "bootID": "", "machineID": "", "systemUUID": "", "kernelVersion": "",
+                "osImage": "", "containerRuntimeVersion": "node-agent://1",
+            },
+        }  # fmt: skip
+
     def processes(self) -> dict[str, int]:
         """Pod name -> pid of its running process."""
         return {
@@ -173,23 +215,7 @@ class NodeAgent:
         self._post_node_status(name)
 
     def _post_node_status(self, name: str) -> None:
-        now = _now()
-        ready = client.V1NodeCondition(
-            type="Ready", status="True", reason="KubeletReady", message="node agent is posting ready status",
-            last_heartbeat_time=now, last_transition_time=now,
-        )
-        status = {
-            "capacity": self.capacity,
-            "allocatable": self.capacity,
-            "conditions": [ready],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
-            "nodeInfo": {
-                "architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "node-agent",
-                "kubeProxyVersion": "", "bootID": "", "machineID": "", "systemUUID": "", "kernelVersion": "",
-                "osImage": "", "containerRuntimeVersion": "node-agent://1",
-            },
-        }  # fmt: skip
-        self.core.patch_node_status(name, {"status": status})
+        self.core.patch_node_status(name, {"status": self.node_status(name)})
 
     def _heartbeat(self) -> None:
         """Renew each node's Lease (what the node lifecycle controller watches) and its Ready condition."""
@@ -254,14 +280,14 @@ class NodeAgent:
     def _start(self, pod: client.V1Pod) -> _Container:
         spec = self.runner(pod)
         if spec is None:
-            return _Container(pod.metadata.uid, None, None)
+            return _Container(pod.metadata.uid, None, None, pod.spec.node_name, pod.spec.containers[0].name)
         log_path = self.log_dir / f"{pod.metadata.namespace}_{pod.metadata.name}.log"
         with open(log_path, "ab") as out:
             process = subprocess.Popen(
                 spec.argv, env={**self.base_env, **spec.env}, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-        return _Container(pod.metadata.uid, process, log_path)
+        return _Container(pod.metadata.uid, process, log_path, pod.spec.node_name, pod.spec.containers[0].name)
 
     def set_ready(self, namespace: str, name: str, ready: bool) -> None:
         """Report the pod's containers ready or not (Ready and ContainersReady conditions, each container's
