@@ -113,8 +113,11 @@ def scale_to_one(api, ns: str) -> list[str]:
         return names if len(names) == 1 else None
 
     left = wait_for(only_one_left, what="scale-down to 1 pod")
-    rs = apps.list_namespaced_replica_set(ns, label_selector="app=worker").items
-    assert [(r.spec.replicas, r.status.replicas) for r in rs] == [(1, 1)]
+    # The ReplicaSet's status follows the deletions it observes, a moment after the pods are gone.
+    sets = lambda: [(r.spec.replicas, r.status.replicas)  # noqa: E731
+                    for r in apps.list_namespaced_replica_set(ns, label_selector="app=worker").items]
+    wait_for(lambda: sets() == [(1, 1)], timeout=10, what="one ReplicaSet with 1 replica")
+    assert only_one_left() == left
     return left
 
 
@@ -152,7 +155,7 @@ def test_replicaset_controller_and_scheduler_honour_pod_deletion_cost(api, kwok_
     wait_for(lambda: all(
         core.read_namespaced_pod(n, ns).metadata.annotations.get(DELETION_COST) == str(c) for n, c in costs.items()
     ), what="annotations")
-    time.sleep(1)
+    time.sleep(2)  # (watch events arrive in milliseconds; 2 s leaves room on a loaded machine)
 
     assert scale_to_one(api, ns) == [keep]
 
@@ -184,7 +187,7 @@ def test_a_pod_that_is_not_ready_is_deleted_before_the_one_marked_for_deletion(a
         core.patch_namespaced_pod(marked, ns, {"metadata": {"annotations": {DELETION_COST: str(-(2**31))}}})
         agent.set_ready(ns, not_ready, False)
         wait_for(lambda: not _running_ready(core.read_namespaced_pod(not_ready, ns)), what="the pod reported not Ready")
-        time.sleep(1)  # the ReplicaSet controller sorts the pods of its informer cache: let the updates reach it
+        time.sleep(2)  # the ReplicaSet controller sorts the pods of its informer cache: let the updates reach it
         assert scale_to_one(api, ns) == [marked]
 
 
