@@ -194,11 +194,7 @@ class NodeAgent:
 
     def processes(self) -> dict[str, int]:
         """Pod name -> pid of its running process."""
-        return {
-            name: c.process.pid
-            for (_, name), c in self._containers.items()
-            if c.process is not None and c.process.poll() is None
-        }
+        return {c.pod: c.pid for c in self.running_containers()}
 
     # --- nodes -------------------------------------------------------------------------------------------------
 
