@@ -225,7 +225,7 @@ def test_no_scale_down_while_a_rollout_keeps_two_replicasets(control_plane, stac
             "minReadySeconds": 300, "strategy": {"rollingUpdate": strategy},
             "template": {"metadata": {"annotations": {"rollout": "1"}}}}})
         # The Deployment controller itself takes the old ReplicaSet down to 1 (maxUnavailable), and the ReplicaSet
-        # controller creates pods in slow-start batches of 1, 2, ... (replica_set.go, slowStartBatch from SlowStartInitialBatchSize 1), so "two
+        # controller creates pods in slow-start batches of 1, 2, ... (replica_set.go `slowStartBatch`), so "two
         # hashes, `pods` pods" also holds for a moment before the old one is scaled down. Wait until every
         # ReplicaSet has exactly the pods its spec asks for, none terminating: then nothing moves for 300 s.
         wait_for(lambda: _rollout_settled(workers, pods), 120, f"{pods} pods of two settled ReplicaSets")
@@ -251,7 +251,7 @@ def _rollout_settled(workers: RealWorkers, pods: int) -> bool:
     if len(sets) != 2 or len(all_pods) != pods or any(p.metadata.deletion_timestamp for p in all_pods):
         return False
     per_hash = Counter(p.metadata.labels.get("pod-template-hash") for p in all_pods)
-    return all(per_hash.get(rs.metadata.labels.get("pod-template-hash"), 0) == rs.spec.replicas == (rs.status.replicas or 0)
+    return all(per_hash[rs.metadata.labels.get("pod-template-hash")] == rs.spec.replicas == (rs.status.replicas or 0)
                for rs in sets)
 
 
