@@ -182,6 +182,30 @@ class AutoscalerMode:
         """What the mode runs with, and where each value comes from."""
         ...
 
+    def observe(self) -> dict[str, Any] | None:
+        """What the controller read at this moment, recorded with every sample of the curves (None: nothing)."""
+        return None
+
+
+def hpa_view(api, namespace: str, name: str) -> dict[str, Any] | None:
+    """An HPA's view at this moment, from its status: the metric it last read (CPU utilization % of request, or
+    the external metric's average value) and the replicas it wants. None until the HPA controller wrote one."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        status = api.read_namespaced_horizontal_pod_autoscaler(name, namespace).status
+    except ApiException:
+        return None
+    if status is None:
+        return None
+    view: dict[str, Any] = {"desired": status.desired_replicas}
+    for metric in status.current_metrics or []:
+        if metric.type == "Resource" and metric.resource is not None:
+            view["cpu_utilization_pct"] = metric.resource.current.average_utilization
+        elif metric.type == "External" and metric.external is not None:
+            view["external_average"] = metric.external.current.average_value
+    return view
+
 
 def scaled_keda_values(min_workers: int, max_workers: int) -> dict[str, Any]:
     from airflow_on_k8s.airflow.component import scaling_values
@@ -202,6 +226,7 @@ class KedaMode(AutoscalerMode):
 
     def __init__(self):
         self._custom = None
+        self._autoscaling = None
         self._namespace = None
         self.scaled_object: dict | None = None
 
@@ -217,9 +242,14 @@ class KedaMode(AutoscalerMode):
         self._namespace = namespace
         self._custom.create_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects",
                                                      self.scaled_object)
-        autoscaling = client.AutoscalingV2Api(ctx.pool.api)
-        wait_for(lambda: autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items, 90,
+        self._autoscaling = client.AutoscalingV2Api(ctx.pool.api)
+        wait_for(lambda: self._autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items, 90,
                  "the HPA KEDA creates")
+
+    def observe(self):
+        # KEDA names its HPA keda-hpa-<ScaledObject name> unless the ScaledObject names one (keda v2.20.2
+        # controllers/keda/hpa.go getHPAName; ours names none).
+        return hpa_view(self._autoscaling, self._namespace, f"keda-hpa-{self.scaled_object['metadata']['name']}")
 
     def teardown(self):
         if self._custom is not None:
@@ -354,6 +384,9 @@ class HpaMode(AutoscalerMode):
         self._api, self._namespace = client.AutoscalingV2Api(ctx.pool.api), namespace
         self._api.create_namespaced_horizontal_pod_autoscaler(namespace, self.hpa)
 
+    def observe(self):
+        return hpa_view(self._api, self._namespace, self.hpa["metadata"]["name"])
+
     def teardown(self):
         if self._api is not None:
             try:
@@ -407,6 +440,8 @@ class RealK8sRun:
     wall_s: float = 0.0
     settings: dict = field(default_factory=dict)
     timeline: list = field(default_factory=list)  # (t, spec.replicas, worker pods, running tasks, queued tasks)
+    # (t, what the controller read): an HPA's last metric and desired replicas (hpa, keda); empty for task-aware.
+    controller_view: list = field(default_factory=list)
 
 
 def _attempts(stack, dag_id: str, run_id: str) -> list[tuple[str, str | None, Any, Any, Any]]:
@@ -487,6 +522,9 @@ def run_one(plane, pg, redis, redis_db: int, scenario: RealScenario, mode_name: 
             replicas = pool.replicas()
             result.timeline.append((round(now - started, 1), replicas, pods,
                                     sum(t[1] == "running" for t in tis), sum(t[1] == "queued" for t in tis)))
+            view = mode.observe()
+            if view is not None:
+                result.controller_view.append((round(now - started, 1), view))
             finished = len(tis) == len(scenario.tasks) and all(t[1] in ("success", "failed") for t in tis)
             if finished and done_at is None:
                 done_at = now

@@ -561,8 +561,8 @@ _HPA_FIRST_STEP = (
     "at seed 0, and the real waits fall outside the simulated ranges at both ends; the steps after the first agree "
     "(seed-000 real 4→8 at 30.5 s and 8→10 at 45.2 s after the queue filled, model 29.5 and 44.5 s). The first "
     "step waits for metrics-server to report the busy pod's CPU (a rate over two scrapes 10 s apart) and for an "
-    "HPA sync; which of these moved the real first steps the results cannot tell: they do not record the CPU the "
-    "HPA read (sampling the HPA's status.currentMetrics with the curves would)")
+    "HPA sync; which of these moved the real first steps this run cannot tell: it predates `controller_view` (the "
+    "HPA's last metric and desired replicas, recorded with every sample by later runs)")
 _KEDA_SEED_STEP = (
     "KEDA's step came 3.1 s after the queue filled (model 2.5 s at seed 0) and the three new pods ran their first "
     "tasks 10.2-11.2 s after the step (model about 9 s), so six of the eight tasks waited 13.3-14.3 s against about "

@@ -360,3 +360,36 @@ def test_kubelet_stand_in_kills_the_whole_worker_session_only_after_the_grace_pe
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_real_benchmark_records_what_an_hpa_read_from_its_status():
+    """bench.real_k8s.hpa_view, on the objects the kubernetes client returns: the CPU utilization an HPA on CPU
+    last read, or the external metric's average for KEDA's HPA, with the replicas it wants; None before the HPA
+    controller has written a status or once the HPA is gone."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from bench.real_k8s import hpa_view
+
+    class Api:
+        def __init__(self, status=None, missing=False):
+            self.status, self.missing = status, missing
+
+        def read_namespaced_horizontal_pod_autoscaler(self, name, namespace):
+            if self.missing:
+                raise ApiException(status=404)
+            spec = client.V2HorizontalPodAutoscalerSpec(max_replicas=4, scale_target_ref=client.V2CrossVersionObjectReference(
+                kind="Deployment", name="airflow-worker"))
+            return client.V2HorizontalPodAutoscaler(spec=spec, status=self.status)
+
+    cpu = client.V2HorizontalPodAutoscalerStatus(desired_replicas=4, current_metrics=[client.V2MetricStatus(
+        type="Resource", resource=client.V2ResourceMetricStatus(
+            name="cpu", current=client.V2MetricValueStatus(average_utilization=137)))])
+    external = client.V2HorizontalPodAutoscalerStatus(desired_replicas=3, current_metrics=[client.V2MetricStatus(
+        type="External", external=client.V2ExternalMetricStatus(
+            metric=client.V2MetricIdentifier(name="s0-postgresql"),
+            current=client.V2MetricValueStatus(average_value="1500m")))])
+    assert hpa_view(Api(cpu), "ns", "w") == {"desired": 4, "cpu_utilization_pct": 137}
+    assert hpa_view(Api(external), "ns", "w") == {"desired": 3, "external_average": "1500m"}
+    assert hpa_view(Api(None), "ns", "w") is None
+    assert hpa_view(Api(missing=True), "ns", "w") is None

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_KEYS = {
     "scenario", "mode", "status", "makespan_s", "p50_queue_wait_s", "p95_queue_wait_s", "max_replicas",
     "worker_pod_seconds", "evicted_task_attempts", "failed_tasks", "succeeded_tasks", "tasks", "pods_sigkilled",
-    "pod_start_s", "wall_s", "settings", "timeline", "makespan_x_limit", "pod_seconds_x_limit",
+    "pod_start_s", "wall_s", "settings", "timeline", "controller_view", "makespan_x_limit", "pod_seconds_x_limit",
 }
 
 
@@ -53,6 +53,12 @@ def test_real_k8s_quick_run_writes_the_table_and_task_aware_evicts_nothing(tmp_p
     # The KEDA run used the program's ScaledObject (the chart's query) through real KEDA.
     trigger = runs["keda"]["settings"]["scaled_object"]["spec"]["triggers"][0]
     assert trigger["type"] == "postgresql" and "ceil(COUNT(*)::decimal / 2)" in trigger["metadata"]["query"]
+    # What KEDA's HPA read is recorded with the curves: the query's value (ceil(8 / 2) = 4 workers' worth, spread
+    # over the current replicas as an average) and the replicas it wanted; the task-aware mode has no HPA.
+    views = [view for _, view in runs["keda"]["controller_view"]]
+    assert views and max(v.get("desired") or 0 for v in views) == 4, views[:5]
+    assert any(v.get("external_average") not in (None, "0") for v in views), views[:5]
+    assert runs["task-aware"]["controller_view"] == []
     table = (out / "real-k8s.md").read_text()
     assert "| seed-000 | keda |" in table and "| seed-000 | task-aware |" in table
     assert "-> 30" in table or "300 s -> 30 s" in table  # the scaled durations are stated
