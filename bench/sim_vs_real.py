@@ -555,6 +555,8 @@ def evidence(real: dict, sims: list[RunResult], setup: Setup, curves: CurveFigur
 # 2026-11-27 19:15 UTC, the machine otherwise idle), keyed by (variant or "*", scenario, mode, figure); `explain`
 # adds them to the generated evidence. Another real run needs them re-read: the generated evidence stays right,
 # these may not.
+# metrics-server v0.8.0 keeps each pod's last two scrapes and reports the CPU rate between them (pkg/storage/pod.go
+# `prev`/`last`, types.go `resourceUsage(last, prev)`), so a pod's CPU shows one full scrape after it rose.
 _HPA_FIRST_STEP = (
     "the waits of the tasks the first new pods take follow the HPA's first step, and the real HPA took it 12.1 s "
     "after the queue filled in seed-000 (15.2 s since trigger) but 4.0 s in long-and-short (6.6 s), the model 8.5 s "
